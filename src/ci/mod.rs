@@ -1,0 +1,12 @@
+//! From a running job to the CI user(s) it logs in to vCenter as, read on the
+//! build cluster: job -> ci-op namespace -> secret named after the target ->
+//! user and server fields of the cluster profile files.
+
+/// A vCenter user a job logs in as.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CiIdentity {
+    /// Host name of the vCenter (lower case, no scheme or port).
+    pub vcenter: String,
+    /// Normalised with [`crate::correlate::normalize_username`].
+    pub username: String,
+}

@@ -1,0 +1,205 @@
+//! The crate-wide error type.
+//!
+//! One variant per step that can fail, named after the step, each keeping its
+//! source. `kind()` gives a short, bounded string that is safe to use as a metric
+//! label; `is_retriable()` tells the retry policies whether trying again can help.
+//! Messages never carry a secret: passwords and tokens live in
+//! [`crate::config::Secret`], which prints as `<redacted>`.
+
+use std::time::Duration;
+
+/// Everything that can go wrong in a cycle or at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A setting is missing or invalid. The message names the flag, its
+    /// environment variable or the config file field.
+    #[error("{0}")]
+    Config(String),
+
+    /// The HTTP exchange with a vCenter failed before a response arrived
+    /// (connection refused, TLS, timeout).
+    #[error("vCenter {host}: request failed: {message}")]
+    VcenterHttp { host: String, message: String },
+
+    /// A vCenter answered with an HTTP status we cannot use (503 when it is out
+    /// of sessions, 500 without a SOAP fault, ...). `body` is cut to 1 KiB.
+    #[error("vCenter {host}: HTTP {status}: {body}")]
+    VcenterStatus {
+        host: String,
+        status: u16,
+        body: String,
+    },
+
+    /// `Login` was refused (wrong user or password).
+    #[error("vCenter {host}: login as {user} failed: {message}")]
+    VcenterLogin {
+        host: String,
+        user: String,
+        message: String,
+    },
+
+    /// The session cookie is unknown or expired (`NotAuthenticated`).
+    #[error("vCenter {host}: session is not authenticated")]
+    NotAuthenticated { host: String },
+
+    /// Any other SOAP fault.
+    #[error("vCenter {host}: SOAP fault {fault}: {message}")]
+    SoapFault {
+        host: String,
+        fault: String,
+        message: String,
+    },
+
+    /// The response was not the XML we expect.
+    #[error("vCenter {host}: malformed SOAP response: {message}")]
+    SoapParse { host: String, message: String },
+
+    /// Fetching the deck job list failed (network or HTTP status).
+    #[error("Prow deck {url}: {message}")]
+    DeckHttp { url: String, message: String },
+
+    /// The deck job list was not the JSON we expect.
+    #[error("Prow deck {url}: malformed job list: {message}")]
+    DeckParse { url: String, message: String },
+
+    /// Building a Kubernetes client from a kubeconfig or the in-cluster
+    /// service account failed.
+    #[error("Kubernetes client for {cluster}: {message}")]
+    KubeConfig { cluster: String, message: String },
+
+    /// A Kubernetes API call failed.
+    #[error("Kubernetes API ({cluster}) {action}: {source}")]
+    Kube {
+        cluster: String,
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+
+    /// A Kubernetes API call did not answer in time.
+    #[error("Kubernetes API ({cluster}) {action}: timed out after {timeout:?}")]
+    KubeTimeout {
+        cluster: String,
+        action: String,
+        timeout: Duration,
+    },
+
+    /// A CI secret exists but none of its files gave a usable user.
+    #[error("CI secret {namespace}/{name}: {message}")]
+    CiSecret {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+
+    /// A remote-write target refused or failed a request.
+    #[error("remote-write {target}: {message}")]
+    RemoteWrite {
+        target: String,
+        status: Option<u16>,
+        message: String,
+    },
+
+    /// A Pushgateway refused or failed a push.
+    #[error("Pushgateway {target}: {message}")]
+    Pushgateway {
+        target: String,
+        status: Option<u16>,
+        message: String,
+    },
+
+    /// A step ran out of its time budget.
+    #[error("{what} timed out after {timeout:?}")]
+    Timeout { what: String, timeout: Duration },
+
+    /// Local I/O (reading a file named in the config, binding a port).
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// A short, bounded name for the failure, safe as a metric label value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "config",
+            Error::VcenterHttp { .. } => "vcenter_http",
+            Error::VcenterStatus { .. } => "vcenter_status",
+            Error::VcenterLogin { .. } => "vcenter_login",
+            Error::NotAuthenticated { .. } => "vcenter_not_authenticated",
+            Error::SoapFault { .. } => "soap_fault",
+            Error::SoapParse { .. } => "soap_parse",
+            Error::DeckHttp { .. } => "deck_http",
+            Error::DeckParse { .. } => "deck_parse",
+            Error::KubeConfig { .. } => "kube_config",
+            Error::Kube { .. } => "kube_api",
+            Error::KubeTimeout { .. } => "kube_timeout",
+            Error::CiSecret { .. } => "ci_secret",
+            Error::RemoteWrite { .. } => "remote_write",
+            Error::Pushgateway { .. } => "pushgateway",
+            Error::Timeout { .. } => "timeout",
+            Error::Io { .. } => "io",
+        }
+    }
+
+    /// Whether the same request may succeed if tried again: network failures,
+    /// timeouts, 5xx and 429. A 4xx other than 429 means the request itself is
+    /// wrong and will be refused again.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::VcenterHttp { .. } | Error::DeckHttp { .. } | Error::Timeout { .. } => true,
+            Error::KubeTimeout { .. } => true,
+            Error::VcenterStatus { status, .. } => *status >= 500,
+            Error::RemoteWrite { status, .. } | Error::Pushgateway { status, .. } => match status {
+                None => true,
+                Some(s) => *s >= 500 || *s == 429,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// Cut a response body for an error message or a log line: at most `max`
+/// bytes, on a character boundary, marked when cut. Bodies are logged
+/// verbatim (never parsed) so operators see what the peer said.
+pub fn truncate_body(body: &str, max: usize) -> String {
+    if body.len() <= max {
+        return body.to_string();
+    }
+    let mut end = max;
+    while !body.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &body[..end], body.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncate_body_keeps_short_bodies_whole() {
+        assert_eq!(truncate_body("abc", 10), "abc");
+    }
+
+    #[test]
+    fn truncate_body_cuts_on_a_char_boundary() {
+        let cut = truncate_body("ééé", 3);
+        assert_eq!(cut, "é... (6 bytes in all)");
+    }
+
+    #[test]
+    fn client_errors_are_not_retried_but_throttling_is() {
+        let e = |status| Error::RemoteWrite {
+            target: "t".into(),
+            status: Some(status),
+            message: String::new(),
+        };
+        assert!(!e(400).is_retriable());
+        assert!(e(429).is_retriable());
+        assert!(e(503).is_retriable());
+    }
+}

@@ -1,0 +1,30 @@
+//! vsphere-ci-session-metrics: which OpenShift CI job holds the sessions of a
+//! shared vCenter.
+//!
+//! Each cycle lists the vCenter's sessions, the running vSphere Prow jobs and
+//! the CI user each job logs in as, joins them and publishes one [`Snapshot`]
+//! to every sink. Modules, in the order data flows through them:
+//!
+//! - [`config`]: flags, environment and YAML file merged into one validated `Config`.
+//! - [`vcenter`]: SOAP client holding one reused session per vCenter.
+//! - [`prow`]: running vSphere jobs from deck (streamed JSON) or the ProwJob API.
+//! - [`ci`]: job -> ci-op namespace -> CI users, cached while the job runs.
+//! - [`correlate`]: the pure join of sessions, jobs and users into metric families.
+//! - [`metrics`]: `Snapshot`, metric families, names and the text format.
+//! - [`cycle`]: one gather-correlate-publish round and its self-metrics.
+//! - [`sink`]: the local `/metrics`, remote-write and the Pushgateway.
+//! - [`app`]: run modes (`start`, `once`), the schedule and shutdown.
+//! - [`error`], [`secret`]: the crate-wide error and the redacting secret type.
+//!
+//! [`Snapshot`]: metrics::Snapshot
+
+pub mod ci;
+pub mod correlate;
+pub mod error;
+pub mod metrics;
+pub mod prow;
+pub mod secret;
+pub mod sink;
+pub mod vcenter;
+
+pub use error::Error;

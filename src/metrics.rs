@@ -1,0 +1,264 @@
+//! Series, snapshots and metric names.
+//!
+//! A [`Snapshot`] is what one cycle produced: metric families with their
+//! samples and one timestamp. Every sink (the local `/metrics`, remote-write,
+//! the Pushgateway) receives the same snapshot, so what a scraper sees and
+//! what is pushed never disagree.
+//!
+//! Names follow the Prometheus naming rules
+//! (<https://prometheus.io/docs/practices/naming/>): base units, `_total` only
+//! on counters, no label names inside metric names. The four names the Go
+//! exporter had are kept exactly so dashboards keep working.
+
+use std::fmt::Write as _;
+
+/// Sessions of one user with one user agent, one series per running CI job
+/// that logs in as that user (the original exporter's metric).
+pub const CORRELATED: &str = "vsphere_ci_user_sessions_correlated";
+/// 1 when the last cycle listed the vCenter's sessions, else 0.
+pub const VCENTER_UP: &str = "vsphere_ci_user_sessions_vcenter_up";
+/// 1 when the last cycle listed the running Prow jobs, else 0.
+pub const PROW_UP: &str = "vsphere_ci_user_sessions_prow_up";
+/// Cycles run since start (the original counted scrapes; here a cycle is a scrape).
+pub const SCRAPES_TOTAL: &str = "vsphere_ci_user_sessions_exporter_scrapes_total";
+/// Sessions open per user and user agent, counted once whatever the number of
+/// jobs sharing the user: `sum by (username)` of this is exact.
+pub const OPEN_SESSIONS: &str = "vsphere_ci_user_sessions_open";
+/// Running CI jobs that log in as a user on a vCenter. Above 1 the
+/// correlated series of that user repeat the same counts once per job.
+pub const USER_JOBS: &str = "vsphere_ci_user_sessions_user_jobs";
+/// Every session on the vCenter, CI or not: how close it is to its limit.
+pub const VCENTER_SESSIONS: &str = "vsphere_ci_user_sessions_vcenter_sessions";
+/// Running vSphere jobs found in Prow this cycle.
+pub const RUNNING_JOBS: &str = "vsphere_ci_user_sessions_running_jobs";
+/// Running jobs whose CI user could not be worked out (yet) this cycle.
+pub const UNRESOLVED_JOBS: &str = "vsphere_ci_user_sessions_unresolved_jobs";
+/// Wall time of the last cycle, gather to publish.
+pub const CYCLE_DURATION: &str = "vsphere_ci_user_sessions_cycle_duration_seconds";
+/// Wall time of each collector (vcenter, prow, ci) in the last cycle.
+pub const COLLECTOR_DURATION: &str = "vsphere_ci_user_sessions_collector_duration_seconds";
+/// 1 when a collector succeeded in the last cycle.
+pub const COLLECTOR_SUCCESS: &str = "vsphere_ci_user_sessions_collector_success";
+/// Scheduler ticks skipped because the previous cycle was still running.
+pub const CYCLES_SKIPPED_TOTAL: &str = "vsphere_ci_user_sessions_cycles_skipped_total";
+
+/// The Prometheus metric type, as exposed in `# TYPE` lines and in
+/// remote-write v2 metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricType {
+    Gauge,
+    Counter,
+}
+
+impl MetricType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricType::Gauge => "gauge",
+            MetricType::Counter => "counter",
+        }
+    }
+}
+
+/// Label pairs of one sample, sorted by name, without `__name__`.
+pub type Labels = Vec<(String, String)>;
+
+/// One value of a family at the snapshot's timestamp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub labels: Labels,
+    pub value: f64,
+}
+
+impl Sample {
+    /// A sample whose labels are sorted by name here, so callers may list
+    /// them in whatever order reads best.
+    pub fn new<K: Into<String>, V: Into<String>>(
+        labels: impl IntoIterator<Item = (K, V)>,
+        value: f64,
+    ) -> Self {
+        let mut labels: Labels = labels
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        labels.sort();
+        Sample { labels, value }
+    }
+}
+
+/// All samples of one metric name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricFamily {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub metric_type: MetricType,
+    pub samples: Vec<Sample>,
+}
+
+impl MetricFamily {
+    pub fn gauge(name: &'static str, help: &'static str) -> Self {
+        MetricFamily {
+            name,
+            help,
+            metric_type: MetricType::Gauge,
+            samples: Vec::new(),
+        }
+    }
+
+    pub fn counter(name: &'static str, help: &'static str) -> Self {
+        MetricFamily {
+            name,
+            help,
+            metric_type: MetricType::Counter,
+            samples: Vec::new(),
+        }
+    }
+
+    /// Add a sample (labels in any order) and return the family, for chaining.
+    pub fn with<K: Into<String>, V: Into<String>>(
+        mut self,
+        labels: impl IntoIterator<Item = (K, V)>,
+        value: f64,
+    ) -> Self {
+        self.push(labels, value);
+        self
+    }
+
+    pub fn push<K: Into<String>, V: Into<String>>(
+        &mut self,
+        labels: impl IntoIterator<Item = (K, V)>,
+        value: f64,
+    ) {
+        self.samples.push(Sample::new(labels, value));
+    }
+}
+
+/// What one cycle produced: every family and the one timestamp (milliseconds
+/// since the Unix epoch) that all its samples carry when pushed.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Snapshot {
+    pub timestamp_ms: i64,
+    pub families: Vec<MetricFamily>,
+}
+
+impl Snapshot {
+    /// Number of samples over all families.
+    pub fn sample_count(&self) -> usize {
+        self.families.iter().map(|f| f.samples.len()).sum()
+    }
+
+    /// The family of that name, if the snapshot has it.
+    pub fn family(&self, name: &str) -> Option<&MetricFamily> {
+        self.families.iter().find(|f| f.name == name)
+    }
+
+    /// The text exposition format 0.0.4
+    /// (<https://prometheus.io/docs/instrumenting/exposition_formats/>), without
+    /// timestamps: scrapers stamp samples themselves, and the Pushgateway
+    /// refuses timestamped pushes. Families are written in snapshot order and
+    /// samples sorted by labels, so the output is stable for diffing. It always
+    /// ends in a newline, as the Pushgateway requires.
+    pub fn render_text(&self) -> String {
+        let mut out = String::new();
+        for family in &self.families {
+            let _ = writeln!(out, "# HELP {} {}", family.name, escape_help(family.help));
+            let _ = writeln!(
+                out,
+                "# TYPE {} {}",
+                family.name,
+                family.metric_type.as_str()
+            );
+            let mut samples: Vec<&Sample> = family.samples.iter().collect();
+            samples.sort_by(|a, b| a.labels.cmp(&b.labels));
+            for sample in samples {
+                out.push_str(family.name);
+                if !sample.labels.is_empty() {
+                    out.push('{');
+                    for (i, (name, value)) in sample.labels.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        let _ = write!(out, "{}=\"{}\"", name, escape_label_value(value));
+                    }
+                    out.push('}');
+                }
+                let _ = writeln!(out, " {}", format_value(sample.value));
+            }
+        }
+        out
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape_label_value(value: &str) -> String {
+    value
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+/// HELP text escapes backslash and newline only.
+fn escape_help(help: &str) -> String {
+    help.replace('\\', r"\\").replace('\n', r"\n")
+}
+
+/// Go's formatting of floats as Prometheus writes them: integers without a
+/// fraction, special values by name.
+pub fn format_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_string()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_string()
+    } else {
+        format!("{v}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_output_sorts_labels_and_escapes_values() {
+        let snapshot = Snapshot {
+            timestamp_ms: 0,
+            families: vec![
+                MetricFamily::gauge(CORRELATED, "help with \\ and\nnewline").with(
+                    [
+                        ("user_agent", "a \"quoted\"\nagent"),
+                        ("username", r"dom\user"),
+                    ],
+                    3.0,
+                ),
+            ],
+        };
+        let text = snapshot.render_text();
+        assert_eq!(
+            text,
+            "# HELP vsphere_ci_user_sessions_correlated help with \\\\ and\\nnewline\n\
+             # TYPE vsphere_ci_user_sessions_correlated gauge\n\
+             vsphere_ci_user_sessions_correlated{user_agent=\"a \\\"quoted\\\"\\nagent\",username=\"dom\\\\user\"} 3\n"
+        );
+    }
+
+    #[test]
+    fn values_print_like_prometheus() {
+        assert_eq!(format_value(1.0), "1");
+        assert_eq!(format_value(0.25), "0.25");
+        assert_eq!(format_value(f64::NAN), "NaN");
+        assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
+    }
+
+    #[test]
+    fn a_family_without_samples_still_has_help_and_type() {
+        let snapshot = Snapshot {
+            timestamp_ms: 0,
+            families: vec![MetricFamily::counter(SCRAPES_TOTAL, "cycles")],
+        };
+        assert_eq!(snapshot.sample_count(), 0);
+        assert!(
+            snapshot
+                .render_text()
+                .ends_with("# TYPE vsphere_ci_user_sessions_exporter_scrapes_total counter\n")
+        );
+    }
+}

@@ -1,0 +1,42 @@
+//! Running vSphere CI jobs, from Prow's deck (`/prowjobs.js`) or from the
+//! ProwJob API (`prow.k8s.io/v1`) on the Prow service cluster.
+
+/// A ProwJob in state `pending` that runs on vSphere, reduced to the fields
+/// the reporter uses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunningJob {
+    /// `metadata.name` of the ProwJob; the ci-op namespace carries it in its
+    /// `ci.openshift.io/jobid` label.
+    pub id: String,
+    /// Label `prow.k8s.io/build-id`, else `status.build_id`.
+    pub build_id: String,
+    /// Annotation `prow.k8s.io/job`, else `spec.job`.
+    pub job_name: String,
+    /// First `spec.refs.pulls[].link`, empty for periodic jobs.
+    pub pull_request: String,
+    /// From `--target=` in the first container's args: the name of the
+    /// secret holding the cluster profile files in the ci-op namespace.
+    pub target: String,
+    /// Build cluster alias, `spec.cluster` (e.g. `vsphere02`).
+    pub cluster: String,
+    /// Label `ci-operator.openshift.io/cloud-cluster-profile`, may be empty.
+    pub cluster_profile: String,
+}
+
+/// Which pending ProwJobs count as vSphere jobs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobSelector {
+    /// Value of label `ci-operator.openshift.io/cloud` that marks a vSphere job.
+    pub cloud: String,
+    /// For jobs without that label: `spec.cluster` must start with this.
+    pub cluster_prefix: String,
+}
+
+impl Default for JobSelector {
+    fn default() -> Self {
+        JobSelector {
+            cloud: "vsphere".to_string(),
+            cluster_prefix: "vsphere".to_string(),
+        }
+    }
+}
