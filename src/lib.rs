@@ -5,24 +5,32 @@
 //! the CI user each job logs in as, joins them and publishes one [`Snapshot`]
 //! to every sink. Modules, in the order data flows through them:
 //!
-//! - [`config`]: flags, environment and YAML file merged into one validated `Config`.
+//! - [`cli`], [`config`]: flags, environment and YAML file merged into one validated `Config`.
 //! - [`vcenter`]: SOAP client holding one reused session per vCenter.
 //! - [`prow`]: running vSphere jobs from deck (streamed JSON) or the ProwJob API.
+//! - [`kube_client`]: Kubernetes clients from a kubeconfig or the in-cluster account.
 //! - [`ci`]: job -> ci-op namespace -> CI users, cached while the job runs.
 //! - [`correlate`]: the pure join of sessions, jobs and users into metric families.
 //! - [`metrics`]: `Snapshot`, metric families, names and the text format.
 //! - [`cycle`]: one gather-correlate-publish round and its self-metrics.
 //! - [`sink`]: the local `/metrics`, remote-write and the Pushgateway.
-//! - [`app`]: run modes (`start`, `once`), the schedule and shutdown.
+//! - [`schedule`]: cron or interval, cycles never overlapping.
+//! - [`app`]: run modes (`start`, `once`) and shutdown.
 //! - [`error`], [`secret`]: the crate-wide error and the redacting secret type.
 //!
 //! [`Snapshot`]: metrics::Snapshot
 
+pub mod app;
 pub mod ci;
+pub mod cli;
+pub mod config;
 pub mod correlate;
+pub mod cycle;
 pub mod error;
+pub mod kube_client;
 pub mod metrics;
 pub mod prow;
+pub mod schedule;
 pub mod secret;
 pub mod sink;
 pub mod vcenter;

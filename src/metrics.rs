@@ -39,6 +39,9 @@ pub const CYCLE_DURATION: &str = "vsphere_ci_user_sessions_cycle_duration_second
 pub const COLLECTOR_DURATION: &str = "vsphere_ci_user_sessions_collector_duration_seconds";
 /// 1 when a collector succeeded in the last cycle.
 pub const COLLECTOR_SUCCESS: &str = "vsphere_ci_user_sessions_collector_success";
+/// Logins the reporter made to a vCenter since start: 1 in a steady state;
+/// a rising value means its session keeps being terminated or expiring.
+pub const VCENTER_LOGINS_TOTAL: &str = "vsphere_ci_user_sessions_vcenter_logins_total";
 /// Scheduler ticks skipped because the previous cycle was still running.
 pub const CYCLES_SKIPPED_TOTAL: &str = "vsphere_ci_user_sessions_cycles_skipped_total";
 

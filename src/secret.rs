@@ -51,6 +51,14 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Deserialised from a plain string, so config files can hold a secret
+/// inline (a `*_file` field is the better habit).
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

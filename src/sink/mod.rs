@@ -1,6 +1,10 @@
 //! Where snapshots go: the local `/metrics` endpoint, remote-write targets and
 //! the Pushgateway. Every sink receives the same [`Snapshot`].
 
+pub mod pushgateway;
+pub mod remote_write;
+pub mod scrape;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

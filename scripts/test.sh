@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The project's test command (README "Test it"): installs what the tests need,
+# builds the vCenter simulator, checks formatting and lints, and runs every
+# test against real peers on 127.0.0.1 (vcsim, Prometheus 2.42,
+# VictoriaMetrics, the Pushgateway; the tests start and stop them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+log "Installing what is missing"
+scripts/install-deps.sh
+
+log "Building vcsim"
+scripts/build-vcsim.sh target/peers/vcsim
+export VCSIM_BIN="$PWD/target/peers/vcsim"
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "promtool check rules config/alerts.yaml"
+promtool check rules config/alerts.yaml
+
+log "cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+
+log "cargo test"
+cargo test --locked --no-fail-fast
+
+log "All tests passed"

@@ -1,0 +1,196 @@
+//! Run modes and lifecycle: build the sources and sinks from a [`Config`],
+//! then either run cycles on the schedule until shutdown (`start`) or run one
+//! cycle (`once`).
+//!
+//! Shutdown is passed in as a future (SIGTERM/SIGINT in `main`, anything in
+//! tests): the schedule stops, a running cycle may finish within
+//! [`DRAIN_TIMEOUT`], the sinks send their stale markers, and the reporter
+//! logs out of every vCenter so it leaves no session behind.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{error, info};
+
+use crate::ci::{IdentityResolver, ResolverOptions};
+use crate::config::{BuildCluster, Config, ProwSourceConfig};
+use crate::cycle::{Cycle, Resolvers, Sources};
+use crate::error::Error;
+use crate::kube_client::kube_client;
+use crate::prow::{DeckSource, ProwJobApiSource, ProwSource};
+use crate::schedule::run_scheduled;
+use crate::sink::Sink;
+use crate::sink::pushgateway::PushgatewaySink;
+use crate::sink::remote_write::RemoteWriteSink;
+use crate::sink::scrape::{self, LatestSnapshot};
+use crate::vcenter::VcenterClient;
+
+/// How long a cycle running at shutdown may take to finish. Kubernetes gives
+/// a pod 30 s between SIGTERM and SIGKILL; this leaves time for the stale
+/// markers and the vCenter logout after it.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Which subcommand runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Start,
+    Once,
+}
+
+/// Build everything the cycles need. Fails on what can be checked before any
+/// network call: unreadable kubeconfigs, bad TLS files, invalid sink settings.
+pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>), Error> {
+    let mut vcenters = Vec::new();
+    for vc in &config.vcenters {
+        vcenters.push(Arc::new(VcenterClient::new(vc.clone())?));
+    }
+
+    let prow = match &config.prow {
+        ProwSourceConfig::Deck { url } => ProwSource::Deck(DeckSource::new(
+            url.clone(),
+            config.prow_timeout,
+            config.selector.clone(),
+        )?),
+        ProwSourceConfig::Api {
+            kubeconfig,
+            namespace,
+        } => {
+            let client = kube_client(Some(kubeconfig), "prow").await?;
+            ProwSource::Api(ProwJobApiSource::new(
+                client,
+                namespace.clone(),
+                config.selector.clone(),
+                config.prow_timeout,
+            ))
+        }
+    };
+
+    let options = ResolverOptions {
+        call_timeout: config.kube_timeout,
+        ..ResolverOptions::default()
+    };
+    let resolver = |cluster: BuildCluster| {
+        let options = options.clone();
+        async move {
+            let client = kube_client(cluster.kubeconfig.as_deref(), &cluster.name).await?;
+            Ok::<_, Error>(Arc::new(IdentityResolver::new(
+                client,
+                cluster.name,
+                options,
+            )))
+        }
+    };
+    let default = resolver(config.default_build_cluster.clone()).await?;
+    let mut by_cluster = HashMap::new();
+    for cluster in &config.build_clusters {
+        by_cluster.insert(cluster.name.clone(), resolver(cluster.clone()).await?);
+    }
+
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    for rw in &config.remote_write {
+        sinks.push(Arc::new(RemoteWriteSink::new(
+            rw.clone(),
+            config.external_labels.clone(),
+        )?));
+    }
+    if let Some(pg) = &config.pushgateway {
+        sinks.push(Arc::new(PushgatewaySink::new(pg.clone())?));
+    }
+
+    let latest = Arc::new(LatestSnapshot::default());
+    let sources = Sources {
+        vcenters,
+        prow,
+        prow_timeout: config.prow_timeout,
+        resolvers: Resolvers {
+            default,
+            by_cluster,
+        },
+    };
+    let cycle = Cycle::new(sources, sinks, latest.clone(), Arc::new(AtomicU64::new(0)));
+    Ok((cycle, latest))
+}
+
+/// Run in `mode` until done (`once`) or until `shutdown` resolves (`start`).
+/// Returns the process exit code: 0 on success, 1 when `once` saw a failure.
+pub async fn run(
+    config: Config,
+    mode: Mode,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<i32, Error> {
+    let (cycle, latest) = build_cycle(&config).await?;
+    let cycle = Arc::new(cycle);
+    match mode {
+        Mode::Once => {
+            let report = cycle.run().await;
+            let mut failures = report.failures;
+            failures.extend(cycle.shutdown(false).await);
+            for failure in &failures {
+                error!(failure = %failure, "Once: failed");
+            }
+            Ok(if failures.is_empty() { 0 } else { 1 })
+        }
+        Mode::Start => {
+            // One shutdown signal fans out to the HTTP server and the
+            // schedule.
+            let (stop_tx, stop_rx) = watch::channel(false);
+            let server = if config.listen_port != 0 {
+                let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.listen_port));
+                let listener = TcpListener::bind(addr).await.map_err(|e| Error::Io {
+                    context: format!("--listen-port (LISTEN_PORT) {}: cannot listen", config.listen_port),
+                    source: e,
+                })?;
+                info!(address = %addr, "Serving /metrics and /healthz");
+                let stopped = wait_for(stop_rx.clone());
+                Some(tokio::spawn(scrape::serve(listener, latest, stopped)))
+            } else {
+                None
+            };
+            let skipped = cycle.skipped_counter();
+            let runner = cycle.clone();
+            let scheduled = run_scheduled(
+                config.schedule.clone(),
+                move || {
+                    let runner = runner.clone();
+                    async move {
+                        runner.run().await;
+                    }
+                },
+                skipped,
+                wait_for(stop_rx),
+                DRAIN_TIMEOUT,
+            );
+            tokio::pin!(scheduled);
+            tokio::pin!(shutdown);
+            let result = tokio::select! {
+                r = &mut scheduled => r,
+                () = &mut shutdown => {
+                    info!("Shutting down");
+                    let _ = stop_tx.send(true);
+                    scheduled.await
+                }
+            };
+            let _ = stop_tx.send(true);
+            if let Err(e) = &result {
+                error!(error = %e, "Schedule failed");
+            }
+            cycle.shutdown(true).await;
+            if let Some(server) = server {
+                let _ = server.await;
+            }
+            info!("Stopped");
+            result.map(|()| 0)
+        }
+    }
+}
+
+/// Resolves when the watch value turns true (or its sender is gone).
+async fn wait_for(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,709 @@
+//! Settings: built-in defaults < YAML file < environment < flags, merged in
+//! one place ([`Config::build`]) into a validated [`Config`].
+//!
+//! Clap already resolves environment against flags (a flag wins), so the merge
+//! here only has to put the file under both. A bad setting fails at start
+//! with one line naming the flag and its environment variable, or the file and
+//! the field, and what is wrong.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use url::Url;
+
+use crate::cli::{Flags, LogFormat};
+use crate::error::Error;
+use crate::prow::JobSelector;
+use crate::schedule::Schedule;
+use crate::secret::Secret;
+use crate::sink::pushgateway::PushgatewayConfig;
+use crate::sink::remote_write::RemoteWriteConfig;
+use crate::vcenter::VcenterConfig;
+
+/// The original exporter's defaults.
+pub const DEFAULT_PROW: &str = "prow.ci.openshift.org";
+pub const DEFAULT_USER_AGENT: &str = "vsphere-ci-session-metrics";
+pub const DEFAULT_LISTEN_PORT: u16 = 8090;
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+/// A session list of a few thousand entries takes vCenter well under a
+/// second; 30 s leaves room for a loaded vCenter without letting one stuck
+/// call eat a whole 60 s cycle.
+pub const DEFAULT_VCENTER_TIMEOUT: Duration = Duration::from_secs(30);
+/// deck's job list is tens of MB.
+pub const DEFAULT_PROW_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_KUBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where the running jobs come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProwSourceConfig {
+    /// deck's `/prowjobs.js` at this base URL.
+    Deck { url: Url },
+    /// The ProwJob API on the Prow service cluster.
+    Api {
+        kubeconfig: PathBuf,
+        namespace: String,
+    },
+}
+
+/// A build cluster whose jobs' CI users are read with its own credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BuildCluster {
+    /// The `spec.cluster` alias of the jobs that run there (e.g. `vsphere02`).
+    pub name: String,
+    /// `None`: in-cluster service account or the usual kubeconfig lookup.
+    pub kubeconfig: Option<PathBuf>,
+}
+
+/// The validated settings the application runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub vcenters: Vec<VcenterConfig>,
+    pub prow: ProwSourceConfig,
+    pub selector: JobSelector,
+    pub prow_timeout: Duration,
+    /// Build cluster used for jobs whose `spec.cluster` has no entry in
+    /// `build_clusters` (the only one for the original's command line).
+    pub default_build_cluster: BuildCluster,
+    pub build_clusters: Vec<BuildCluster>,
+    pub kube_timeout: Duration,
+    /// 0: no HTTP endpoint.
+    pub listen_port: u16,
+    pub log_level: String,
+    pub log_format: LogFormat,
+    pub schedule: Schedule,
+    pub remote_write: Vec<RemoteWriteConfig>,
+    pub external_labels: Vec<(String, String)>,
+    pub pushgateway: Option<PushgatewayConfig>,
+}
+
+/// The YAML file, as written by users. Every field is optional; see
+/// `config/example.yaml` for a commented example.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// vCenters to list sessions from; `--vsphere` adds one or overrides the
+    /// entry with the same host.
+    #[serde(default)]
+    pub vcenters: Vec<FileVcenter>,
+    #[serde(default)]
+    pub prow: FileProw,
+    /// Build cluster kubeconfig for jobs of clusters not listed below.
+    pub kubeconfig: Option<PathBuf>,
+    /// Build clusters by `spec.cluster` alias.
+    #[serde(default)]
+    pub build_clusters: Vec<FileBuildCluster>,
+    /// Per-call deadline on the build clusters' API, e.g. `10s`.
+    pub kube_timeout: Option<String>,
+    pub listen_port: Option<u16>,
+    pub log_level: Option<String>,
+    pub log_format: Option<LogFormat>,
+    /// Time between cycles, e.g. `60s`.
+    pub interval: Option<String>,
+    /// Cron expression; overrides `interval`.
+    pub schedule: Option<String>,
+    /// Remote-write targets, in Prometheus's own `remote_write` format.
+    #[serde(default)]
+    pub remote_write: Vec<RemoteWriteConfig>,
+    /// Labels added to every pushed series (e.g. a replica label for HA
+    /// deduplication in Mimir or Cortex).
+    #[serde(default)]
+    pub external_labels: BTreeMap<String, String>,
+    pub pushgateway: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileVcenter {
+    /// Host (https assumed) or URL.
+    pub url: String,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub user_agent: Option<String>,
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub insecure: bool,
+    /// Per-request deadline, e.g. `30s`.
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProw {
+    /// deck host or URL.
+    pub url: Option<String>,
+    /// Read ProwJobs from this cluster's API instead of deck.
+    pub kubeconfig: Option<PathBuf>,
+    /// Namespace of the ProwJobs [default: ci].
+    pub namespace: Option<String>,
+    /// Label `ci-operator.openshift.io/cloud` value of vSphere jobs [default: vsphere].
+    pub cloud: Option<String>,
+    /// `spec.cluster` prefix for jobs without that label [default: vsphere].
+    pub cluster_prefix: Option<String>,
+    /// Deadline of one job listing, e.g. `60s`.
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBuildCluster {
+    pub name: String,
+    pub kubeconfig: Option<PathBuf>,
+}
+
+impl Config {
+    /// Read the file named by `--config` (if any) and merge it with the flags.
+    pub fn build(flags: &Flags) -> Result<Config, Error> {
+        let file = match &flags.config {
+            None => FileConfig::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::Config(format!(
+                        "--config (CONFIG) {}: cannot read: {e}",
+                        path.display()
+                    ))
+                })?;
+                serde_yaml::from_str(&text).map_err(|e| {
+                    Error::Config(format!("config file {}: {e}", path.display()))
+                })?
+            }
+        };
+        let origin = flags
+            .config
+            .as_deref()
+            .map(|p| format!("config file {}", p.display()))
+            .unwrap_or_default();
+        merge(flags, file, &origin)
+    }
+}
+
+/// Merge flags (already resolved against the environment by clap) over the
+/// file over the defaults, and validate. Pure apart from reading password
+/// files, so it is table-tested below.
+pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Error> {
+    let at = |field: &str| format!("{origin}: {field}");
+
+    // vCenters: file entries, then the one from flags replacing the entry of
+    // the same host or added after them.
+    let mut vcenters = Vec::new();
+    for (i, entry) in file.vcenters.iter().enumerate() {
+        let field = |name: &str| at(&format!("vcenters[{i}].{name}"));
+        vcenters.push(vcenter_from_file(entry, &field)?);
+    }
+    if let Some(vsphere) = &flags.vsphere {
+        let url = parse_host_or_url(vsphere, "https")
+            .map_err(|e| Error::Config(format!("--vsphere (VSPHERE) {vsphere:?}: {e}")))?;
+        let host = host_label(&url);
+        let existing = vcenters.iter().position(|v: &VcenterConfig| v.host == host);
+        let base = existing.map(|i| vcenters.remove(i));
+        let username = flags
+            .vsphere_user
+            .clone()
+            .or_else(|| base.as_ref().map(|b| b.username.clone()))
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| {
+                Error::Config("--vsphere-user (VSPHERE_USER) is required with --vsphere".into())
+            })?;
+        let password = match (&flags.vsphere_passwd, &flags.vsphere_passwd_file) {
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "--vsphere-passwd (VSPHERE_PASSWD) and --vsphere-passwd-file (VSPHERE_PASSWD_FILE) exclude each other".into(),
+                ));
+            }
+            (Some(p), None) => Secret::new(p.clone()),
+            (None, Some(path)) => read_secret(path, "--vsphere-passwd-file (VSPHERE_PASSWD_FILE)")?,
+            (None, None) => base.as_ref().map(|b| b.password.clone()).unwrap_or_default(),
+        };
+        if password.is_empty() {
+            return Err(Error::Config(
+                "--vsphere-passwd (VSPHERE_PASSWD) or --vsphere-passwd-file (VSPHERE_PASSWD_FILE) is required with --vsphere".into(),
+            ));
+        }
+        vcenters.push(VcenterConfig {
+            url,
+            host,
+            username,
+            password,
+            user_agent: flags
+                .vsphere_user_agent
+                .clone()
+                .or_else(|| base.as_ref().map(|b| b.user_agent.clone()))
+                .unwrap_or_else(|| DEFAULT_USER_AGENT.to_string()),
+            ca_file: flags
+                .vsphere_ca_file
+                .clone()
+                .or_else(|| base.as_ref().and_then(|b| b.ca_file.clone())),
+            insecure: flags
+                .vsphere_insecure
+                .or(base.as_ref().map(|b| b.insecure))
+                .unwrap_or(false),
+            timeout: base
+                .as_ref()
+                .map(|b| b.timeout)
+                .unwrap_or(DEFAULT_VCENTER_TIMEOUT),
+        });
+    } else if flags.vsphere_user.is_some() || flags.vsphere_passwd.is_some() {
+        return Err(Error::Config(
+            "--vsphere (VSPHERE) is required: the vCenter host whose sessions to list".into(),
+        ));
+    }
+    if vcenters.is_empty() {
+        return Err(Error::Config(
+            "--vsphere (VSPHERE) is required (or vcenters in the --config file): the vCenter host whose sessions to list".into(),
+        ));
+    }
+    if let Some(ca) = vcenters.iter().filter_map(|v| v.ca_file.as_ref()).find(|p| !p.is_file()) {
+        return Err(Error::Config(format!(
+            "--vsphere-ca-file (VSPHERE_CA_FILE) {}: no such file",
+            ca.display()
+        )));
+    }
+
+    // Prow.
+    let selector = JobSelector {
+        cloud: file.prow.cloud.clone().unwrap_or_else(|| JobSelector::default().cloud),
+        cluster_prefix: file
+            .prow
+            .cluster_prefix
+            .clone()
+            .unwrap_or_else(|| JobSelector::default().cluster_prefix),
+    };
+    let prow_kubeconfig = flags.prow_kubeconfig.clone().or(file.prow.kubeconfig.clone());
+    let prow = match prow_kubeconfig {
+        Some(kubeconfig) => ProwSourceConfig::Api {
+            kubeconfig,
+            namespace: file.prow.namespace.clone().unwrap_or_else(|| "ci".to_string()),
+        },
+        None => {
+            let raw = flags
+                .prow
+                .clone()
+                .or(file.prow.url.clone())
+                .unwrap_or_else(|| DEFAULT_PROW.to_string());
+            let url = parse_host_or_url(&raw, "https")
+                .map_err(|e| Error::Config(format!("--prow (PROW) {raw:?}: {e}")))?;
+            ProwSourceConfig::Deck { url }
+        }
+    };
+    let prow_timeout = duration_or(&file.prow.timeout, DEFAULT_PROW_TIMEOUT, &at("prow.timeout"))?;
+
+    // Build clusters.
+    let default_build_cluster = BuildCluster {
+        name: "build".to_string(),
+        kubeconfig: flags.kubeconfig.clone().or(file.kubeconfig.clone()),
+    };
+    let mut build_clusters = Vec::new();
+    for (i, c) in file.build_clusters.iter().enumerate() {
+        if c.name.is_empty() {
+            return Err(Error::Config(format!("{}: must not be empty", at(&format!("build_clusters[{i}].name")))));
+        }
+        build_clusters.push(BuildCluster {
+            name: c.name.clone(),
+            kubeconfig: c.kubeconfig.clone(),
+        });
+    }
+    let kube_timeout = duration_or(&file.kube_timeout, DEFAULT_KUBE_TIMEOUT, &at("kube_timeout"))?;
+
+    // Schedule: --schedule > file schedule > --interval > file interval.
+    let schedule = if let Some(expr) = &flags.schedule {
+        Schedule::cron(expr)?
+    } else if flags.interval.is_none() && file.schedule.is_some() {
+        let expr = file.schedule.as_deref().unwrap_or_default();
+        Schedule::cron(expr).map_err(|e| Error::Config(format!("{}: {e}", at("schedule"))))?
+    } else {
+        let interval = match &flags.interval {
+            Some(raw) => parse_duration(raw)
+                .map_err(|e| Error::Config(format!("--interval (INTERVAL) {raw:?}: {e}")))?,
+            None => duration_or(&file.interval, DEFAULT_INTERVAL, &at("interval"))?,
+        };
+        if interval.is_zero() {
+            return Err(Error::Config("--interval (INTERVAL) must be greater than 0".into()));
+        }
+        Schedule::Interval(interval)
+    };
+
+    let log_level = flags
+        .log_level
+        .clone()
+        .or(file.log_level.clone())
+        .unwrap_or_else(|| "info".to_string());
+    if !["error", "warn", "info", "debug", "trace"].contains(&log_level.to_ascii_lowercase().as_str()) {
+        return Err(Error::Config(format!(
+            "--log-level (LOG_LEVEL) {log_level:?}: expected one of error, warn, info, debug, trace"
+        )));
+    }
+
+    // Sinks.
+    let mut remote_write = file.remote_write;
+    for url in &flags.remote_write {
+        if remote_write.iter().any(|rw| rw.url.as_str() == url) {
+            continue;
+        }
+        let entry: RemoteWriteConfig =
+            serde_json::from_value(serde_json::json!({ "url": url })).map_err(|e| {
+                Error::Config(format!("--remote-write (REMOTE_WRITE) {url:?}: {e}"))
+            })?;
+        remote_write.push(entry);
+    }
+    for (i, rw) in remote_write.iter().enumerate() {
+        rw.validate()
+            .map_err(|e| Error::Config(format!("remote_write[{i}] ({}): {e}", rw.url)))?;
+    }
+
+    let pushgateway = pushgateway_config(flags, file.pushgateway, origin)?;
+
+    let mut external_labels: Vec<(String, String)> = file.external_labels.into_iter().collect();
+    external_labels.retain(|(_, v)| !v.is_empty());
+    for (name, _) in &external_labels {
+        if !is_valid_label_name(name) || name == "__name__" {
+            return Err(Error::Config(format!(
+                "{}: {name:?} is not a valid label name",
+                at("external_labels")
+            )));
+        }
+    }
+
+    Ok(Config {
+        vcenters,
+        prow,
+        selector,
+        prow_timeout,
+        default_build_cluster,
+        build_clusters,
+        kube_timeout,
+        listen_port: flags
+            .listen_port
+            .or(file.listen_port)
+            .unwrap_or(DEFAULT_LISTEN_PORT),
+        log_level,
+        log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        schedule,
+        remote_write,
+        external_labels,
+        pushgateway,
+    })
+}
+
+fn vcenter_from_file(entry: &FileVcenter, field: &dyn Fn(&str) -> String) -> Result<VcenterConfig, Error> {
+    let url = parse_host_or_url(&entry.url, "https")
+        .map_err(|e| Error::Config(format!("{}: {:?}: {e}", field("url"), entry.url)))?;
+    let password = match (&entry.password, &entry.password_file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::Config(format!(
+                "{}: password and password_file exclude each other",
+                field("password")
+            )));
+        }
+        (Some(p), None) => p.clone(),
+        (None, Some(path)) => read_secret(path, &field("password_file"))?,
+        (None, None) => Secret::default(),
+    };
+    Ok(VcenterConfig {
+        host: host_label(&url),
+        url,
+        username: entry.username.clone().unwrap_or_default(),
+        password,
+        user_agent: entry
+            .user_agent
+            .clone()
+            .unwrap_or_else(|| DEFAULT_USER_AGENT.to_string()),
+        ca_file: entry.ca_file.clone(),
+        insecure: entry.insecure,
+        timeout: duration_or(&entry.timeout, DEFAULT_VCENTER_TIMEOUT, &field("timeout"))?,
+    })
+}
+
+/// Pushgateway settings: the file's block, with `--pushgateway`,
+/// `--pushgateway-job` and `--pushgateway-grouping` laid over it.
+fn pushgateway_config(
+    flags: &Flags,
+    file: Option<serde_yaml::Value>,
+    origin: &str,
+) -> Result<Option<PushgatewayConfig>, Error> {
+    let mut block = match file {
+        Some(serde_yaml::Value::Mapping(m)) => m,
+        Some(serde_yaml::Value::Null) | None => serde_yaml::Mapping::new(),
+        Some(_) => {
+            return Err(Error::Config(format!("{origin}: pushgateway: expected a mapping")));
+        }
+    };
+    let key = |k: &str| serde_yaml::Value::String(k.to_string());
+    if let Some(url) = &flags.pushgateway {
+        block.insert(key("url"), key(url));
+    }
+    if block.is_empty() {
+        if flags.pushgateway_job.is_some() || !flags.pushgateway_grouping.is_empty() {
+            return Err(Error::Config(
+                "--pushgateway (PUSHGATEWAY) is required with --pushgateway-job and --pushgateway-grouping".into(),
+            ));
+        }
+        return Ok(None);
+    }
+    if let Some(job) = &flags.pushgateway_job {
+        block.insert(key("job"), key(job));
+    }
+    if !flags.pushgateway_grouping.is_empty() {
+        let mut grouping = match block.remove(key("grouping")) {
+            Some(serde_yaml::Value::Mapping(m)) => m,
+            _ => serde_yaml::Mapping::new(),
+        };
+        for pair in &flags.pushgateway_grouping {
+            let (name, value) = pair.split_once('=').ok_or_else(|| {
+                Error::Config(format!(
+                    "--pushgateway-grouping {pair:?}: expected NAME=VALUE"
+                ))
+            })?;
+            grouping.insert(key(name), key(value));
+        }
+        block.insert(key("grouping"), serde_yaml::Value::Mapping(grouping));
+    }
+    let config: PushgatewayConfig = serde_yaml::from_value(serde_yaml::Value::Mapping(block))
+        .map_err(|e| Error::Config(format!("pushgateway ({origin}): {e}")))?;
+    config
+        .validate()
+        .map_err(|e| Error::Config(format!("pushgateway: {e}")))?;
+    Ok(Some(config))
+}
+
+fn read_secret(path: &Path, what: &str) -> Result<Secret, Error> {
+    Secret::from_file(path)
+        .map_err(|e| Error::Config(format!("{what} {}: cannot read: {e}", path.display())))
+}
+
+fn duration_or(raw: &Option<String>, default: Duration, field: &str) -> Result<Duration, Error> {
+    match raw {
+        None => Ok(default),
+        Some(text) => parse_duration(text).map_err(|e| Error::Config(format!("{field}: {text:?}: {e}"))),
+    }
+}
+
+/// `60s`, `5m`, `1h30m`, or a bare number of seconds as the original's
+/// users may pass.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("not a duration ({e}); use e.g. 30s, 5m"))
+}
+
+/// A bare host gets `default_scheme`; a URL keeps its scheme and port. A
+/// trailing `/sdk` is dropped so both `vc.example.com` and
+/// `https://vc.example.com/sdk` name the same endpoint.
+pub fn parse_host_or_url(raw: &str, default_scheme: &str) -> Result<Url, String> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Err("must not be empty".to_string());
+    }
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("{default_scheme}://{raw}")
+    };
+    let mut url = Url::parse(&with_scheme).map_err(|e| format!("not a host or URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("scheme {:?} is not http or https", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".to_string());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must not carry credentials; use the user and password settings".to_string());
+    }
+    let path = url.path().trim_end_matches('/').trim_end_matches("/sdk").to_string();
+    url.set_path(&path);
+    url.set_query(None);
+    url.set_fragment(None);
+    Ok(url)
+}
+
+/// The `vcenter` label: the URL's host in lower case, without port.
+pub fn host_label(url: &Url) -> String {
+    url.host_str().unwrap_or_default().to_ascii_lowercase()
+}
+
+fn is_valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags() -> Flags {
+        Flags {
+            vsphere: Some("vc.example.com".into()),
+            vsphere_user: Some("administrator@vsphere.local".into()),
+            vsphere_passwd: Some("tops3cret".into()),
+            kubeconfig: Some("mykc".into()),
+            ..Flags::default()
+        }
+    }
+
+    fn yaml(text: &str) -> FileConfig {
+        serde_yaml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn the_original_command_line_gives_the_original_defaults() {
+        let config = merge(&flags(), FileConfig::default(), "").unwrap();
+        assert_eq!(config.vcenters.len(), 1);
+        let vc = &config.vcenters[0];
+        assert_eq!(vc.url.as_str(), "https://vc.example.com/");
+        assert_eq!(vc.host, "vc.example.com");
+        assert_eq!(vc.user_agent, "vsphere-ci-session-metrics");
+        assert!(!vc.insecure);
+        assert_eq!(
+            config.prow,
+            ProwSourceConfig::Deck {
+                url: Url::parse("https://prow.ci.openshift.org").unwrap()
+            }
+        );
+        assert_eq!(config.listen_port, 8090);
+        assert_eq!(config.log_level, "info");
+        assert_eq!(config.schedule, Schedule::Interval(Duration::from_secs(60)));
+        assert_eq!(config.default_build_cluster.kubeconfig, Some(PathBuf::from("mykc")));
+        assert!(config.remote_write.is_empty());
+        assert!(config.pushgateway.is_none());
+    }
+
+    #[test]
+    fn flags_override_the_file_and_the_file_overrides_defaults() {
+        let file = yaml(
+            "listen_port: 9000\nlog_level: debug\ninterval: 2m\nprow:\n  url: http://127.0.0.1:1234\n",
+        );
+        let mut f = flags();
+        f.log_level = Some("warn".into());
+        let config = merge(&f, file, "config file c.yaml").unwrap();
+        assert_eq!(config.listen_port, 9000);
+        assert_eq!(config.log_level, "warn");
+        assert_eq!(config.schedule, Schedule::Interval(Duration::from_secs(120)));
+        assert_eq!(
+            config.prow,
+            ProwSourceConfig::Deck {
+                url: Url::parse("http://127.0.0.1:1234").unwrap()
+            }
+        );
+    }
+
+    #[test]
+    fn vsphere_takes_a_host_or_a_url_with_port() {
+        let cases = [
+            ("vc.example.com", "https://vc.example.com/", "vc.example.com"),
+            ("http://127.0.0.1:8989", "http://127.0.0.1:8989/", "127.0.0.1"),
+            ("https://VC.Example.com/sdk", "https://vc.example.com/", "vc.example.com"),
+        ];
+        for (raw, url, host) in cases {
+            let parsed = parse_host_or_url(raw, "https").unwrap();
+            assert_eq!(parsed.as_str(), url, "{raw}");
+            assert_eq!(host_label(&parsed), host, "{raw}");
+        }
+    }
+
+    #[test]
+    fn bad_settings_name_the_flag_and_its_environment_variable() {
+        let cases: Vec<(Box<dyn Fn(&mut Flags)>, &str)> = vec![
+            (Box::new(|f| f.vsphere = None), "--vsphere (VSPHERE) is required"),
+            (Box::new(|f| f.vsphere_user = None), "--vsphere-user (VSPHERE_USER) is required"),
+            (Box::new(|f| f.vsphere_passwd = None), "--vsphere-passwd (VSPHERE_PASSWD) or --vsphere-passwd-file"),
+            (Box::new(|f| f.vsphere = Some("ftp://x".into())), "--vsphere (VSPHERE) \"ftp://x\": scheme"),
+            (Box::new(|f| f.interval = Some("soon".into())), "--interval (INTERVAL) \"soon\": not a duration"),
+            (Box::new(|f| f.interval = Some("0s".into())), "--interval (INTERVAL) must be greater than 0"),
+            (Box::new(|f| f.log_level = Some("loud".into())), "--log-level (LOG_LEVEL) \"loud\""),
+            (Box::new(|f| f.prow = Some("".into())), "--prow (PROW) \"\": must not be empty"),
+            (Box::new(|f| f.vsphere_passwd_file = Some("/nonexistent/p".into())), "exclude each other"),
+            (
+                Box::new(|f| {
+                    f.vsphere_passwd = None;
+                    f.vsphere_passwd_file = Some("/nonexistent/p".into());
+                }),
+                "--vsphere-passwd-file (VSPHERE_PASSWD_FILE) /nonexistent/p: cannot read",
+            ),
+            (Box::new(|f| f.vsphere_ca_file = Some("/nonexistent/ca.pem".into())), "--vsphere-ca-file (VSPHERE_CA_FILE) /nonexistent/ca.pem: no such file"),
+            (Box::new(|f| f.schedule = Some("every day".into())), "--schedule"),
+            (Box::new(|f| f.pushgateway_job = Some("j".into())), "--pushgateway (PUSHGATEWAY) is required"),
+        ];
+        for (change, want) in cases {
+            let mut f = flags();
+            change(&mut f);
+            let err = merge(&f, FileConfig::default(), "").unwrap_err().to_string();
+            assert!(err.contains(want), "want {want:?} in {err:?}");
+            assert!(!err.contains("tops3cret"), "password leaked in {err:?}");
+        }
+    }
+
+    #[test]
+    fn a_password_file_is_read_and_never_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pw");
+        std::fs::write(&path, "p<&'\"w\n").unwrap();
+        let mut f = flags();
+        f.vsphere_passwd = None;
+        f.vsphere_passwd_file = Some(path);
+        let config = merge(&f, FileConfig::default(), "").unwrap();
+        assert_eq!(config.vcenters[0].password.expose(), "p<&'\"w");
+        assert!(!format!("{config:?}").contains("p<&'"));
+    }
+
+    #[test]
+    fn file_vcenters_and_the_flag_vcenter_merge_by_host() {
+        let file = yaml(
+            "vcenters:\n  - url: vc.example.com\n    username: file-user\n    password: filepw\n    timeout: 5s\n  - url: other.example.com\n    username: u2\n    password: p2\n",
+        );
+        let mut f = flags();
+        f.vsphere_user = None;
+        f.vsphere_passwd = None;
+        let config = merge(&f, file, "config file c.yaml").unwrap();
+        let hosts: Vec<&str> = config.vcenters.iter().map(|v| v.host.as_str()).collect();
+        assert_eq!(hosts, ["other.example.com", "vc.example.com"]);
+        let vc = &config.vcenters[1];
+        assert_eq!(vc.username, "file-user");
+        assert_eq!(vc.password.expose(), "filepw");
+        assert_eq!(vc.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn unknown_file_fields_are_refused_with_the_field_name() {
+        let err = serde_yaml::from_str::<FileConfig>("vcenter: x\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `vcenter`"), "{err}");
+    }
+
+    #[test]
+    fn a_prow_kubeconfig_switches_to_the_prowjob_api() {
+        let mut f = flags();
+        f.prow_kubeconfig = Some("prow-kc".into());
+        let config = merge(&f, FileConfig::default(), "").unwrap();
+        assert_eq!(
+            config.prow,
+            ProwSourceConfig::Api {
+                kubeconfig: "prow-kc".into(),
+                namespace: "ci".into()
+            }
+        );
+    }
+
+    #[test]
+    fn remote_write_flags_add_targets_once() {
+        let file = yaml("remote_write:\n  - url: http://a/api/v1/write\n");
+        let mut f = flags();
+        f.remote_write = vec!["http://a/api/v1/write".into(), "http://b/api/v1/write".into()];
+        let config = merge(&f, file, "c").unwrap();
+        let urls: Vec<String> = config.remote_write.iter().map(|r| r.url.to_string()).collect();
+        assert_eq!(urls, ["http://a/api/v1/write", "http://b/api/v1/write"]);
+    }
+
+    #[test]
+    fn pushgateway_flags_fill_the_block() {
+        let mut f = flags();
+        f.pushgateway = Some("http://127.0.0.1:9091".into());
+        f.pushgateway_grouping = vec!["instance=ci".into()];
+        let config = merge(&f, FileConfig::default(), "").unwrap();
+        let pg = config.pushgateway.unwrap();
+        assert_eq!(pg.job, "vsphere-ci-session-metrics");
+        assert_eq!(pg.grouping.get("instance").map(String::as_str), Some("ci"));
+    }
+}

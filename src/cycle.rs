@@ -1,0 +1,340 @@
+//! One cycle: gather from every source at once, correlate, stamp, publish.
+//!
+//! Sources run concurrently, each bounded by its own timeouts; a failing
+//! source sets its `up` gauge to 0 and the cycle still publishes what it has.
+//! Sinks are also driven concurrently, so a slow or dead one never delays the
+//! others, and each bounds its own time.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::join_all;
+use tracing::{debug, error, info, warn};
+
+use crate::ci::IdentityResolver;
+use crate::correlate::{self, CycleInput, JobUsers, VcenterObservation};
+use crate::metrics::{self, MetricFamily, Snapshot};
+use crate::prow::{ProwSource, RunningJob};
+use crate::sink::Sink;
+use crate::sink::scrape::LatestSnapshot;
+use crate::vcenter::VcenterClient;
+
+/// The CI-user resolvers of the build clusters.
+pub struct Resolvers {
+    /// For jobs whose `spec.cluster` has no resolver of its own.
+    pub default: Arc<IdentityResolver>,
+    /// By `spec.cluster` alias.
+    pub by_cluster: HashMap<String, Arc<IdentityResolver>>,
+}
+
+impl Resolvers {
+    /// Resolve every job on its build cluster, all clusters at once. Every
+    /// resolver is called, even with no jobs, so it drops the cache entries
+    /// of jobs that ended.
+    async fn resolve(&self, jobs: &[RunningJob]) -> Vec<JobUsers> {
+        let mut default_jobs = Vec::new();
+        let mut cluster_jobs: HashMap<&str, Vec<RunningJob>> = HashMap::new();
+        for job in jobs {
+            match self.by_cluster.get_key_value(job.cluster.as_str()) {
+                Some((name, _)) => cluster_jobs.entry(name).or_default().push(job.clone()),
+                None => default_jobs.push(job.clone()),
+            }
+        }
+        let mut calls = vec![self.default.resolve(&default_jobs)];
+        let empty = Vec::new();
+        for (name, resolver) in &self.by_cluster {
+            let jobs = cluster_jobs.get(name.as_str()).unwrap_or(&empty);
+            calls.push(resolver.resolve(jobs));
+        }
+        let mut all: Vec<JobUsers> = join_all(calls).await.into_iter().flatten().collect();
+        all.sort_by(|a, b| a.job.cmp(&b.job));
+        all
+    }
+}
+
+/// What a cycle needs to gather.
+pub struct Sources {
+    pub vcenters: Vec<Arc<VcenterClient>>,
+    pub prow: ProwSource,
+    /// Bound of one job listing (deck is tens of MB).
+    pub prow_timeout: Duration,
+    pub resolvers: Resolvers,
+}
+
+/// The outcome of one cycle.
+#[derive(Debug)]
+pub struct CycleReport {
+    pub snapshot: Arc<Snapshot>,
+    /// One line per failed source or sink, naming it and the reason.
+    pub failures: Vec<String>,
+}
+
+/// Runs cycles; shared by the scheduler, `once` and the tests.
+pub struct Cycle {
+    sources: Sources,
+    sinks: Vec<Arc<dyn Sink>>,
+    latest: Arc<LatestSnapshot>,
+    cycles: AtomicU64,
+    /// Incremented by the scheduler when a tick finds a cycle running.
+    skipped: Arc<AtomicU64>,
+}
+
+impl Cycle {
+    pub fn new(
+        sources: Sources,
+        sinks: Vec<Arc<dyn Sink>>,
+        latest: Arc<LatestSnapshot>,
+        skipped: Arc<AtomicU64>,
+    ) -> Self {
+        Cycle {
+            sources,
+            sinks,
+            latest,
+            cycles: AtomicU64::new(0),
+            skipped,
+        }
+    }
+
+    /// The counter the scheduler increments for each skipped tick.
+    pub fn skipped_counter(&self) -> Arc<AtomicU64> {
+        self.skipped.clone()
+    }
+
+    /// Gather, correlate, publish. Never fails as a whole: failures are in
+    /// the report and in the `up` gauges.
+    pub async fn run(&self) -> CycleReport {
+        let started = Instant::now();
+        let timestamp_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        let cycle_number = self.cycles.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut failures = Vec::new();
+        let mut collector_duration = MetricFamily::gauge(
+            metrics::COLLECTOR_DURATION,
+            "Time each collector took in the last cycle.",
+        );
+        let mut collector_success = MetricFamily::gauge(
+            metrics::COLLECTOR_SUCCESS,
+            "1 if the collector succeeded in the last cycle, else 0.",
+        );
+
+        // vCenters and Prow at once. No outer timeout on vCenter calls: each
+        // SOAP request has its own, and cancelling a Login half-way could
+        // leave a session on the vCenter that the reporter never learns of.
+        let vcenter_calls = self.sources.vcenters.iter().map(|client| async move {
+            let t0 = Instant::now();
+            let result = client.list_sessions().await;
+            (client.host().to_string(), result, t0.elapsed())
+        });
+        let prow_call = async {
+            let t0 = Instant::now();
+            let result = tokio::time::timeout(
+                self.sources.prow_timeout,
+                self.sources.prow.list_running_jobs(),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::Error::Timeout {
+                    what: format!("listing running jobs from {}", self.sources.prow.describe()),
+                    timeout: self.sources.prow_timeout,
+                })
+            });
+            (result, t0.elapsed())
+        };
+        let (vcenter_results, (prow_result, prow_elapsed)) =
+            tokio::join!(join_all(vcenter_calls), prow_call);
+
+        let mut vcenters = Vec::new();
+        let mut session_count = 0;
+        for (host, result, elapsed) in vcenter_results {
+            let labels = [("collector", "vcenter"), ("vcenter", host.as_str())];
+            collector_duration.push(labels, elapsed.as_secs_f64());
+            collector_success.push(labels, if result.is_ok() { 1.0 } else { 0.0 });
+            let sessions = match result {
+                Ok(sessions) => {
+                    debug!(vcenter = %host, sessions = sessions.len(), "Listed sessions");
+                    session_count += sessions.len();
+                    Some(sessions)
+                }
+                Err(e) => {
+                    error!(vcenter = %host, kind = e.kind(), error = %e, "Listing vCenter sessions failed");
+                    failures.push(format!("vcenter {host}: {e}"));
+                    None
+                }
+            };
+            vcenters.push(VcenterObservation {
+                vcenter: host,
+                sessions,
+            });
+        }
+
+        collector_duration.push([("collector", "prow")], prow_elapsed.as_secs_f64());
+        collector_success.push([("collector", "prow")], if prow_result.is_ok() { 1.0 } else { 0.0 });
+        let (prow_up, jobs) = match prow_result {
+            Ok(jobs) => (true, jobs),
+            Err(e) => {
+                error!(source = %self.sources.prow.describe(), kind = e.kind(), error = %e, "Listing running jobs failed");
+                failures.push(format!("prow {}: {e}", self.sources.prow.describe()));
+                (false, Vec::new())
+            }
+        };
+
+        // CI users need the job list, so this step follows. When Prow is
+        // down the resolvers are not called, so their caches survive the
+        // outage instead of being emptied by an empty job list.
+        let t0 = Instant::now();
+        let job_users = if prow_up {
+            self.sources.resolvers.resolve(&jobs).await
+        } else {
+            Vec::new()
+        };
+        collector_duration.push([("collector", "ci")], t0.elapsed().as_secs_f64());
+        let unresolved = job_users.iter().filter(|j| j.identities.is_empty()).count();
+        collector_success.push([("collector", "ci")], if unresolved == 0 { 1.0 } else { 0.0 });
+
+        let input = CycleInput {
+            vcenters,
+            prow_up,
+            jobs: job_users,
+        };
+        let mut families = correlate::correlate(&input);
+        families.push(collector_duration);
+        families.push(collector_success);
+        families.push(
+            MetricFamily::counter(metrics::SCRAPES_TOTAL, "Cycles run since start.")
+                .with(Vec::<(String, String)>::new(), cycle_number as f64),
+        );
+        families.push(
+            MetricFamily::counter(
+                metrics::CYCLES_SKIPPED_TOTAL,
+                "Scheduled cycles skipped because the previous one was still running.",
+            )
+            .with(
+                Vec::<(String, String)>::new(),
+                self.skipped.load(Ordering::Relaxed) as f64,
+            ),
+        );
+        let mut logins = MetricFamily::counter(
+            metrics::VCENTER_LOGINS_TOTAL,
+            "Logins of the reporter to the vCenter since start; 1 when its session is reused as it should be.",
+        );
+        for client in &self.sources.vcenters {
+            logins.push([("vcenter", client.host())], client.logins() as f64);
+        }
+        families.push(logins);
+        for sink in &self.sinks {
+            families.extend(sink.self_metrics());
+        }
+        families.push(
+            MetricFamily::gauge(
+                metrics::CYCLE_DURATION,
+                "Time the last cycle took to gather and correlate.",
+            )
+            .with(Vec::<(String, String)>::new(), started.elapsed().as_secs_f64()),
+        );
+
+        let snapshot = Arc::new(Snapshot {
+            timestamp_ms,
+            families: merge_families(families),
+        });
+        self.latest.set(snapshot.clone());
+
+        let published = join_all(self.sinks.iter().map(|sink| {
+            let snapshot = snapshot.clone();
+            async move { (sink.name().to_string(), sink.publish(snapshot).await) }
+        }))
+        .await;
+        for (name, result) in published {
+            if let Err(e) = result {
+                warn!(sink = %name, kind = e.kind(), error = %e, "Publishing failed");
+                failures.push(format!("sink {name}: {e}"));
+            }
+        }
+
+        let correlated = snapshot
+            .family(metrics::CORRELATED)
+            .map_or(0, |f| f.samples.len());
+        info!(
+            cycle = cycle_number,
+            sessions = session_count,
+            jobs = jobs.len(),
+            unresolved_jobs = unresolved,
+            correlated_series = correlated,
+            series = snapshot.sample_count(),
+            failures = failures.len(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "Cycle finished"
+        );
+        CycleReport { snapshot, failures }
+    }
+
+    /// End of a long-running process: stale markers and group deletion
+    /// (each sink's own `shutdown`), then log out of every vCenter. `once`
+    /// skips the sinks' part, since a stale marker right after the only push
+    /// would hide what was just pushed.
+    pub async fn shutdown(&self, sinks_too: bool) -> Vec<String> {
+        let mut failures = Vec::new();
+        if sinks_too {
+            let results = join_all(self.sinks.iter().map(|sink| async move {
+                (sink.name().to_string(), sink.shutdown().await)
+            }))
+            .await;
+            for (name, result) in results {
+                if let Err(e) = result {
+                    warn!(sink = %name, error = %e, "Sink shutdown failed");
+                    failures.push(format!("sink {name}: {e}"));
+                }
+            }
+        }
+        let results = join_all(self.sources.vcenters.iter().map(|client| async move {
+            (client.host().to_string(), client.logout().await)
+        }))
+        .await;
+        for (host, result) in results {
+            match result {
+                Ok(()) => info!(vcenter = %host, "Logged out of vCenter"),
+                Err(e) => {
+                    warn!(vcenter = %host, error = %e, "Logout failed");
+                    failures.push(format!("vcenter {host}: logout: {e}"));
+                }
+            }
+        }
+        failures
+    }
+}
+
+/// Families of the same name (one per remote-write target, say) become one
+/// family with all their samples, since exposition and remote-write v2
+/// metadata need each name once.
+fn merge_families(families: Vec<MetricFamily>) -> Vec<MetricFamily> {
+    let mut merged: Vec<MetricFamily> = Vec::with_capacity(families.len());
+    for family in families {
+        match merged.iter_mut().find(|f| f.name == family.name) {
+            Some(existing) => existing.samples.extend(family.samples),
+            None => merged.push(family),
+        }
+    }
+    merged
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_of_one_name_merge_in_first_seen_order() {
+        let families = vec![
+            MetricFamily::gauge("a", "A").with([("target", "1")], 1.0),
+            MetricFamily::gauge("b", "B").with([("x", "y")], 2.0),
+            MetricFamily::gauge("a", "A").with([("target", "2")], 3.0),
+        ];
+        let merged = merge_families(families);
+        assert_eq!(merged.len(), 2);
+        assert_eq!(merged[0].name, "a");
+        assert_eq!(merged[0].samples.len(), 2);
+        assert_eq!(merged[1].name, "b");
+    }
+}
