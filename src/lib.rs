@@ -23,6 +23,7 @@ pub mod correlate;
 pub mod error;
 pub mod metrics;
 pub mod prow;
+pub mod schedule;
 pub mod secret;
 pub mod sink;
 pub mod vcenter;
