@@ -789,9 +789,12 @@ mod tests {
             .collect()
     }
 
+    /// Base URL, job, grouping labels, expected group URL.
+    type UrlCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
     #[test]
     fn group_urls_encode_each_segment_as_the_gateway_reads_it() {
-        let cases: &[(&str, &str, &[(&str, &str)], &str)] = &[
+        let cases: &[UrlCase] = &[
             (
                 "http://pg:9091",
                 "vsphere-ci-session-metrics",
