@@ -119,10 +119,13 @@ fn normalise_cron(expr: &str) -> Result<String, Error> {
             )));
         }
     };
-    cron_parser()
-        .parse(&normalised)
-        .map_err(|e| invalid(format!("is invalid: {e}")))?;
     let six: Vec<&str> = normalised.split_whitespace().collect();
+    if let Err(e) = cron_parser().parse(&normalised) {
+        return Err(invalid(match failing_field(&six) {
+            Some((name, value)) => format!("is invalid in its {name} field {value:?}: {e}"),
+            None => format!("is invalid: {e}"),
+        }));
+    }
     let restricted = |field: Option<&&str>| field.is_some_and(|f| *f != "*" && *f != "?");
     if restricted(six.get(3)) && restricted(six.get(5)) {
         return Err(invalid(
@@ -132,6 +135,33 @@ fn normalise_cron(expr: &str) -> Result<String, Error> {
         ));
     }
     Ok(normalised)
+}
+
+/// The field the parser refuses, found by parsing each field alone (the
+/// others as `*`): croner's messages do not say which field they mean.
+fn failing_field<'a>(fields: &[&'a str]) -> Option<(&'static str, &'a str)> {
+    const NAMES: [&str; 7] = [
+        "second",
+        "minute",
+        "hour",
+        "day-of-month",
+        "month",
+        "day-of-week",
+        "year",
+    ];
+    if fields.len() < 6 {
+        // A nickname: nothing to single out.
+        return None;
+    }
+    (0..fields.len().min(NAMES.len())).find_map(|i| {
+        let alone: Vec<&str> = (0..fields.len())
+            .map(|j| if i == j { fields[j] } else { "*" })
+            .collect();
+        cron_parser()
+            .parse(&alone.join(" "))
+            .is_err()
+            .then_some((NAMES[i], fields[i]))
+    })
 }
 
 /// The next `count` fire times of a (normalised) cron expression after
@@ -412,8 +442,12 @@ mod tests {
             ("", "--schedule: the cron expression is empty"),
             ("* * * *", "has 4 fields; expected 5"),
             ("0 0 * * * * * *", "has 8 fields; expected 5"),
-            ("61 * * * *", "is invalid"),
-            ("* * * * FUNDAY", "is invalid"),
+            ("61 * * * *", "is invalid in its minute field \"61\""),
+            ("0 0 25 * * *", "is invalid in its hour field \"25\""),
+            (
+                "* * * * FUNDAY",
+                "is invalid in its day-of-week field \"FUNDAY\"",
+            ),
             (
                 "0 0 13 * FRI",
                 "restricts both day-of-month and day-of-week",

@@ -478,10 +478,12 @@ impl PushgatewaySink {
     }
 
     /// The text body for a snapshot, without the labels the gateway sets from
-    /// the grouping key. The Pushgateway overwrites such labels with the
-    /// group's values (and with a conflicting value refuses the push, in
-    /// versions before 1.0), so sending them can only mislead. Returns the
-    /// body and its number of samples.
+    /// the grouping key (`job` and the grouping labels). The Pushgateway
+    /// overwrites such labels with the group's values (1.5 does so silently;
+    /// its README warns of it), so a sample's own value would be lost without
+    /// a trace, and two samples differing only in it clash and get the whole
+    /// push refused. Dropping them here and warning once makes the loss
+    /// visible. Returns the body and its number of samples.
     fn render_body(&self, snapshot: &Snapshot) -> (Bytes, usize) {
         let has_reserved = |sample: &Sample| {
             sample
