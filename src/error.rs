@@ -108,6 +108,11 @@ pub enum Error {
         message: String,
     },
 
+    /// The cron scheduler could not be created or started, or stopped
+    /// delivering ticks.
+    #[error("scheduler: {0}")]
+    Scheduler(String),
+
     /// A step ran out of its time budget.
     #[error("{what} timed out after {timeout:?}")]
     Timeout { what: String, timeout: Duration },
@@ -140,6 +145,7 @@ impl Error {
             Error::CiSecret { .. } => "ci_secret",
             Error::RemoteWrite { .. } => "remote_write",
             Error::Pushgateway { .. } => "pushgateway",
+            Error::Scheduler(_) => "scheduler",
             Error::Timeout { .. } => "timeout",
             Error::Io { .. } => "io",
         }

@@ -1,0 +1,1078 @@
+//! Pushgateway sink: each cycle replaces one group on a Prometheus Pushgateway.
+//!
+//! Follows the Pushgateway API (<https://github.com/prometheus/pushgateway#api>):
+//! the snapshot is sent with `PUT /metrics/job/<job>{/<label>/<value>}` so the
+//! whole group is replaced and the series of jobs that ended since the last
+//! cycle vanish (a `POST` would keep them forever). The body is the text
+//! exposition format 0.0.4, without timestamps: the Pushgateway refuses
+//! timestamped pushes with a 400.
+//!
+//! Path segments are percent-encoded; a job name or label value containing `/`,
+//! an empty value and the dot segments `.`/`..` use the `@base64` form
+//! (URL-safe alphabet, a lone `=` for the empty value), the only way the
+//! Pushgateway accepts them because its router cleans the path.
+//!
+//! A 4xx (invalid text, a type clash with another group, a duplicate series)
+//! is reported with the gateway's body and not retried: the same body would be
+//! refused again. Network errors and 5xx are retried within the cycle with a
+//! short backoff; the whole push never takes longer than `timeout` × attempts.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::error::Error as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+use reqwest::{Method, StatusCode};
+use serde::{Deserialize, Deserializer};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+use url::Url;
+
+use crate::error::{Error, truncate_body};
+use crate::metrics::{MetricFamily, Sample, Snapshot};
+use crate::secret::Secret;
+use crate::sink::Sink;
+
+/// Pushes (one per cycle) attempted, successful or not.
+pub const PUSHES_TOTAL: &str = "vsphere_ci_user_sessions_pushgateway_pushes_total";
+/// Pushes that failed after their retries.
+pub const PUSH_FAILURES_TOTAL: &str = "vsphere_ci_user_sessions_pushgateway_push_failures_total";
+/// Unix time of the last push the gateway accepted; 0 before the first.
+pub const LAST_SUCCESS_TIMESTAMP: &str =
+    "vsphere_ci_user_sessions_pushgateway_last_success_timestamp_seconds";
+/// Samples in pushes the gateway accepted.
+pub const SAMPLES_SENT_TOTAL: &str = "vsphere_ci_user_sessions_pushgateway_samples_sent_total";
+
+/// The `job` grouping label when none is configured.
+pub const DEFAULT_JOB: &str = "vsphere-ci-session-metrics";
+/// Time allowed to each request when none is configured.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Text format 0.0.4, the one every Pushgateway version parses.
+const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Requests per push or delete: one try and two retries. With the default
+/// 10 s timeout a push gives up within 30 s, well inside a typical cycle.
+const MAX_ATTEMPTS: u32 = 3;
+/// Backoff before the first retry, doubled for each further one. No jitter:
+/// one reporter pushes to one gateway, there is no herd to spread.
+const FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Error bodies are read up to this size; the gateway's own messages are a
+/// few hundred bytes, a proxy's HTML page may be more.
+const MAX_ERROR_BODY_READ: usize = 64 * 1024;
+/// ... and cut to this size in the error message.
+const MAX_ERROR_BODY_SHOWN: usize = 1024;
+
+/// Where and how to push. Every field but `url` has a default.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushgatewayConfig {
+    /// Base URL of the Pushgateway, e.g. `http://pushgateway:9091`. A path
+    /// (a reverse proxy's prefix) is kept; `/metrics/job/...` is appended.
+    #[serde(deserialize_with = "deserialize_url")]
+    pub url: Url,
+    /// Value of the `job` grouping label.
+    #[serde(default = "default_job")]
+    pub job: String,
+    /// Further grouping labels, e.g. `instance` when several reporters share
+    /// one gateway: each reporter then owns its own group.
+    #[serde(default)]
+    pub grouping: BTreeMap<String, String>,
+    /// Time allowed to each request (humantime: `10s`, `1m`). A push with its
+    /// retries takes at most three times this.
+    #[serde(default = "default_timeout", deserialize_with = "deserialize_duration")]
+    pub timeout: Duration,
+    /// Delete the group on shutdown, so a reporter that is gone leaves no
+    /// frozen series behind. Off by default: during a rolling update the new
+    /// reporter pushes the same group anyway.
+    #[serde(default)]
+    pub delete_on_shutdown: bool,
+    /// HTTP basic authentication (e.g. a Pushgateway behind an auth proxy or
+    /// its own `--web.config.file`).
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    /// Bearer token sent as `Authorization: Bearer ...`.
+    #[serde(default, deserialize_with = "deserialize_secret")]
+    pub bearer_token: Option<Secret>,
+    /// File holding the bearer token, read at every push so a rotated
+    /// Kubernetes Secret is picked up without a restart.
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    /// TLS settings for an `https` URL.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// HTTP basic authentication: a user name and exactly one of `password` and
+/// `password_file`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// User name.
+    pub username: String,
+    /// Password given inline.
+    #[serde(default, deserialize_with = "deserialize_secret")]
+    pub password: Option<Secret>,
+    /// File holding the password (one trailing newline dropped), read at
+    /// every push so a rotated Secret is picked up.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// TLS settings; the system's web roots are always trusted.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with further CA certificates to trust (a private CA).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Accept any server certificate. For test set-ups only: anyone on the
+    /// path can then read the pushed series and the credentials.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+}
+
+fn default_job() -> String {
+    DEFAULT_JOB.to_string()
+}
+
+fn default_timeout() -> Duration {
+    DEFAULT_TIMEOUT
+}
+
+fn deserialize_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Url::parse(&text).map_err(|e| serde::de::Error::custom(format!("invalid URL {text:?}: {e}")))
+}
+
+fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+}
+
+fn deserialize_secret<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.map(Secret::new))
+}
+
+impl PushgatewayConfig {
+    /// A config for `url` with every other field at its default.
+    pub fn new(url: Url) -> Self {
+        PushgatewayConfig {
+            url,
+            job: default_job(),
+            grouping: BTreeMap::new(),
+            timeout: DEFAULT_TIMEOUT,
+            delete_on_shutdown: false,
+            basic_auth: None,
+            bearer_token: None,
+            bearer_token_file: None,
+            tls: TlsConfig::default(),
+        }
+    }
+
+    /// Check what can be checked without the network. Messages name the
+    /// field (`pushgateway.<field>`).
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad =
+            |field: &str, why: String| Err(Error::Config(format!("pushgateway.{field}: {why}")));
+        if !matches!(self.url.scheme(), "http" | "https") {
+            return bad(
+                "url",
+                format!("scheme must be http or https, got {:?}", self.url.scheme()),
+            );
+        }
+        if self.url.cannot_be_a_base() || self.url.host().is_none() {
+            return bad("url", format!("{:?} has no host", self.url.as_str()));
+        }
+        if !self.url.username().is_empty() || self.url.password().is_some() {
+            // A URL is printed in logs and errors; credentials must not be.
+            return bad(
+                "url",
+                "must not carry credentials; use pushgateway.basic_auth".to_string(),
+            );
+        }
+        if self.url.query().is_some() || self.url.fragment().is_some() {
+            return bad("url", "must not have a query or a fragment".to_string());
+        }
+        if self.job.is_empty() {
+            return bad("job", "must not be empty".to_string());
+        }
+        for name in self.grouping.keys() {
+            if name == "job" {
+                return bad(
+                    "grouping",
+                    "\"job\" is set by pushgateway.job, not here".to_string(),
+                );
+            }
+            if !is_label_name(name) {
+                return bad(
+                    "grouping",
+                    format!("{name:?} is not a valid Prometheus label name"),
+                );
+            }
+            if name.starts_with("__") {
+                return bad(
+                    "grouping",
+                    format!("{name:?}: names starting with \"__\" are reserved"),
+                );
+            }
+        }
+        if self.timeout.is_zero() {
+            return bad("timeout", "must be more than 0".to_string());
+        }
+        if let Some(basic) = &self.basic_auth {
+            if basic.username.is_empty() {
+                return bad("basic_auth.username", "must not be empty".to_string());
+            }
+            match (&basic.password, &basic.password_file) {
+                (Some(_), Some(_)) => {
+                    return bad(
+                        "basic_auth",
+                        "set one of password and password_file, not both".to_string(),
+                    );
+                }
+                (None, None) => {
+                    return bad("basic_auth", "needs password or password_file".to_string());
+                }
+                _ => {}
+            }
+        }
+        if self.bearer_token.is_some() && self.bearer_token_file.is_some() {
+            return bad(
+                "bearer_token",
+                "set one of bearer_token and bearer_token_file, not both".to_string(),
+            );
+        }
+        if self.basic_auth.is_some()
+            && (self.bearer_token.is_some() || self.bearer_token_file.is_some())
+        {
+            return bad(
+                "basic_auth",
+                "set either basic_auth or a bearer token, not both".to_string(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// `[a-zA-Z_][a-zA-Z0-9_]*`, the Prometheus label name syntax.
+fn is_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The group's URL: `<base>/metrics/job/<job>{/<label>/<value>}`.
+fn group_url(base: &Url, job: &str, grouping: &BTreeMap<String, String>) -> Result<Url, Error> {
+    let mut url = base.clone();
+    {
+        let mut segments = url.path_segments_mut().map_err(|()| {
+            Error::Config(format!(
+                "pushgateway.url: {:?} cannot be a base URL",
+                base.as_str()
+            ))
+        })?;
+        segments.pop_if_empty().push("metrics");
+        for (name, value) in std::iter::once(("job", job)).chain(
+            grouping
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str())),
+        ) {
+            if needs_base64(value) {
+                segments.push(&format!("{name}@base64"));
+                segments.push(&encode_base64(value));
+            } else {
+                // `push` percent-encodes the segment.
+                segments.push(name);
+                segments.push(value);
+            }
+        }
+    }
+    Ok(url)
+}
+
+/// Values the Pushgateway can only read in base64: a `/` would split the
+/// segment (even encoded as `%2F`), and an empty or dot segment disappears
+/// when the path is cleaned.
+fn needs_base64(value: &str) -> bool {
+    value.is_empty() || value.contains('/') || value == "." || value == ".."
+}
+
+/// RFC 4648 URL-safe base64; the Pushgateway reads a lone `=` as the empty
+/// value (its README, "URL" section).
+fn encode_base64(value: &str) -> String {
+    if value.is_empty() {
+        "=".to_string()
+    } else {
+        base64::engine::general_purpose::URL_SAFE.encode(value)
+    }
+}
+
+/// A password or token, inline or read from a file at each use.
+#[derive(Debug)]
+enum SecretSource {
+    Inline(Secret),
+    File { field: &'static str, path: PathBuf },
+}
+
+impl SecretSource {
+    fn load(&self) -> Result<Secret, Error> {
+        match self {
+            SecretSource::Inline(secret) => Ok(secret.clone()),
+            SecretSource::File { field, path } => {
+                let secret = Secret::from_file(path).map_err(|source| Error::Io {
+                    context: format!("reading pushgateway.{field} {}", path.display()),
+                    source,
+                })?;
+                if secret.is_empty() {
+                    return Err(Error::Config(format!(
+                        "pushgateway.{field}: {} is empty",
+                        path.display()
+                    )));
+                }
+                Ok(secret)
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Auth {
+    None,
+    Basic {
+        username: String,
+        password: SecretSource,
+    },
+    Bearer(SecretSource),
+}
+
+impl Auth {
+    fn from_config(config: &PushgatewayConfig) -> Auth {
+        if let Some(basic) = &config.basic_auth {
+            let password = match (&basic.password, &basic.password_file) {
+                (_, Some(path)) => SecretSource::File {
+                    field: "basic_auth.password_file",
+                    path: path.clone(),
+                },
+                (Some(secret), None) => SecretSource::Inline(secret.clone()),
+                // validate() refuses a basic_auth without a password.
+                (None, None) => SecretSource::Inline(Secret::default()),
+            };
+            return Auth::Basic {
+                username: basic.username.clone(),
+                password,
+            };
+        }
+        if let Some(path) = &config.bearer_token_file {
+            return Auth::Bearer(SecretSource::File {
+                field: "bearer_token_file",
+                path: path.clone(),
+            });
+        }
+        match &config.bearer_token {
+            Some(token) => Auth::Bearer(SecretSource::Inline(token.clone())),
+            None => Auth::None,
+        }
+    }
+
+    /// Load the credentials (re-reading files) and add them to the request.
+    fn apply(&self, request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, Error> {
+        Ok(match self {
+            Auth::None => request,
+            Auth::Basic { username, password } => {
+                request.basic_auth(username, Some(password.load()?.expose()))
+            }
+            Auth::Bearer(token) => request.bearer_auth(token.load()?.expose()),
+        })
+    }
+
+    /// Fail at start, not at the first push, when a file is missing.
+    fn check(&self) -> Result<(), Error> {
+        match self {
+            Auth::None => Ok(()),
+            Auth::Basic { password, .. } => password.load().map(drop),
+            Auth::Bearer(token) => token.load().map(drop),
+        }
+    }
+}
+
+/// Counters behind the sink's self-metrics.
+#[derive(Debug, Default)]
+struct Stats {
+    pushes: AtomicU64,
+    failures: AtomicU64,
+    samples_sent: AtomicU64,
+    /// `f64::to_bits` of the Unix time of the last success.
+    last_success_bits: AtomicU64,
+}
+
+/// Pushes each snapshot to one Pushgateway group.
+#[derive(Debug)]
+pub struct PushgatewaySink {
+    client: reqwest::Client,
+    /// The group's URL, built once.
+    group_url: Url,
+    /// The base URL as configured (it carries no credentials), for errors,
+    /// logs and the `target` label.
+    target: String,
+    /// `job` and the grouping label names: labels the gateway sets itself.
+    reserved_labels: BTreeSet<String>,
+    auth: Auth,
+    timeout: Duration,
+    delete_on_shutdown: bool,
+    stats: Stats,
+    /// Dropping reserved labels is logged once, not every cycle.
+    warned_reserved: AtomicBool,
+}
+
+impl PushgatewaySink {
+    /// Validate the config, build the HTTP client and check that credential
+    /// files can be read.
+    pub fn new(config: PushgatewayConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let group_url = group_url(&config.url, &config.job, &config.grouping)?;
+        let target = config.url.as_str().trim_end_matches('/').to_string();
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.timeout)
+            .user_agent(concat!(
+                env!("CARGO_PKG_NAME"),
+                "/",
+                env!("CARGO_PKG_VERSION")
+            ));
+        if let Some(path) = &config.tls.ca_file {
+            for certificate in read_ca_file(path)? {
+                builder = builder.add_root_certificate(certificate);
+            }
+        }
+        if config.tls.insecure_skip_verify {
+            warn!(target_url = %target, "Pushgateway TLS certificate verification is off");
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::Config(format!("pushgateway: building the HTTP client: {e}")))?;
+        let auth = Auth::from_config(&config);
+        auth.check()?;
+        let reserved_labels = std::iter::once("job".to_string())
+            .chain(config.grouping.keys().cloned())
+            .collect();
+        Ok(PushgatewaySink {
+            client,
+            group_url,
+            target,
+            reserved_labels,
+            auth,
+            timeout: config.timeout,
+            delete_on_shutdown: config.delete_on_shutdown,
+            stats: Stats::default(),
+            warned_reserved: AtomicBool::new(false),
+        })
+    }
+
+    /// The text body for a snapshot, without the labels the gateway sets from
+    /// the grouping key (`job` and the grouping labels). The Pushgateway
+    /// overwrites such labels with the group's values (1.5 does so silently;
+    /// its README warns of it), so a sample's own value would be lost without
+    /// a trace, and two samples differing only in it clash and get the whole
+    /// push refused. Dropping them here and warning once makes the loss
+    /// visible. Returns the body and its number of samples.
+    fn render_body(&self, snapshot: &Snapshot) -> (Bytes, usize) {
+        let has_reserved = |sample: &Sample| {
+            sample
+                .labels
+                .iter()
+                .any(|(name, _)| self.reserved_labels.contains(name))
+        };
+        let dropped: BTreeSet<&str> = snapshot
+            .families
+            .iter()
+            .flat_map(|family| &family.samples)
+            .flat_map(|sample| &sample.labels)
+            .map(|(name, _)| name.as_str())
+            .filter(|name| self.reserved_labels.contains(*name))
+            .collect();
+        if dropped.is_empty() {
+            return (Bytes::from(snapshot.render_text()), snapshot.sample_count());
+        }
+        if !self.warned_reserved.swap(true, Ordering::Relaxed) {
+            warn!(
+                target_url = %self.target,
+                labels = ?dropped,
+                "Dropping labels the Pushgateway sets from the grouping key"
+            );
+        }
+        let cleaned = Snapshot {
+            timestamp_ms: snapshot.timestamp_ms,
+            families: snapshot
+                .families
+                .iter()
+                .map(|family| MetricFamily {
+                    samples: family
+                        .samples
+                        .iter()
+                        .map(|sample| {
+                            if !has_reserved(sample) {
+                                return sample.clone();
+                            }
+                            Sample {
+                                labels: sample
+                                    .labels
+                                    .iter()
+                                    .filter(|(name, _)| !self.reserved_labels.contains(name))
+                                    .cloned()
+                                    .collect(),
+                                value: sample.value,
+                            }
+                        })
+                        .collect(),
+                    ..family.clone()
+                })
+                .collect(),
+        };
+        (Bytes::from(cleaned.render_text()), cleaned.sample_count())
+    }
+
+    /// One request per attempt until success, a refusal that retrying
+    /// cannot fix, `MAX_ATTEMPTS`, or the budget of `timeout` × attempts.
+    async fn send_with_retries(&self, method: Method, body: Option<Bytes>) -> Result<(), Error> {
+        let budget = self.timeout * MAX_ATTEMPTS;
+        let deadline = Instant::now() + budget;
+        let mut attempt = 1;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let error = match self
+                .send_once(&method, body.as_ref(), self.timeout.min(remaining))
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            let backoff = FIRST_BACKOFF
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(MAX_BACKOFF);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if !error.is_retriable() || attempt >= MAX_ATTEMPTS || remaining <= backoff {
+                return Err(error);
+            }
+            warn!(
+                target_url = %self.target,
+                method = %method,
+                attempt,
+                backoff_ms = backoff.as_millis() as u64,
+                error = %error,
+                "Pushgateway request failed, retrying"
+            );
+            tokio::time::sleep(backoff).await;
+            attempt += 1;
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: &Method,
+        body: Option<&Bytes>,
+        timeout: Duration,
+    ) -> Result<(), Error> {
+        let mut request = self
+            .client
+            .request(method.clone(), self.group_url.clone())
+            .timeout(timeout);
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, TEXT_FORMAT)
+                .body(body.clone());
+        }
+        let request = self.auth.apply(request)?;
+        let started = Instant::now();
+        let response = request.send().await.map_err(|e| {
+            let message = if e.is_timeout() {
+                format!(
+                    "{method} {} timed out after {}",
+                    self.group_url.path(),
+                    humantime::format_duration(timeout)
+                )
+            } else {
+                format!(
+                    "{method} {} failed: {}",
+                    self.group_url.path(),
+                    error_chain(&e)
+                )
+            };
+            Error::Pushgateway {
+                target: self.target.clone(),
+                status: None,
+                message,
+            }
+        })?;
+        let status = response.status();
+        debug!(
+            target_url = %self.target,
+            method = %method,
+            path = self.group_url.path(),
+            status = status.as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "Pushgateway request"
+        );
+        if status.is_success() {
+            return Ok(());
+        }
+        let body = read_error_body(response).await;
+        Err(Error::Pushgateway {
+            target: self.target.clone(),
+            status: Some(status.as_u16()),
+            message: format!(
+                "{method} {} answered {}: {}",
+                self.group_url.path(),
+                status_text(status),
+                truncate_body(body.trim_end(), MAX_ERROR_BODY_SHOWN)
+            ),
+        })
+    }
+}
+
+#[async_trait]
+impl Sink for PushgatewaySink {
+    fn name(&self) -> &str {
+        "pushgateway"
+    }
+
+    async fn publish(&self, snapshot: Arc<Snapshot>) -> Result<(), Error> {
+        self.stats.pushes.fetch_add(1, Ordering::Relaxed);
+        let (body, samples) = self.render_body(&snapshot);
+        match self.send_with_retries(Method::PUT, Some(body)).await {
+            Ok(()) => {
+                self.stats
+                    .samples_sent
+                    .fetch_add(samples as u64, Ordering::Relaxed);
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0);
+                self.stats
+                    .last_success_bits
+                    .store(now.to_bits(), Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes the group when configured to, so its series stop being
+    /// exposed at once rather than staying frozen at their last values.
+    async fn shutdown(&self) -> Result<(), Error> {
+        if !self.delete_on_shutdown {
+            return Ok(());
+        }
+        self.send_with_retries(Method::DELETE, None).await?;
+        info!(target_url = %self.target, path = self.group_url.path(), "Pushgateway group deleted");
+        Ok(())
+    }
+
+    fn self_metrics(&self) -> Vec<MetricFamily> {
+        let target = [("target", self.target.as_str())];
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed) as f64;
+        vec![
+            MetricFamily::counter(
+                PUSHES_TOTAL,
+                "Pushes to the Pushgateway, one per cycle, successful or not.",
+            )
+            .with(target, load(&self.stats.pushes)),
+            MetricFamily::counter(
+                PUSH_FAILURES_TOTAL,
+                "Pushes to the Pushgateway that failed after their retries.",
+            )
+            .with(target, load(&self.stats.failures)),
+            MetricFamily::gauge(
+                LAST_SUCCESS_TIMESTAMP,
+                "Unix time of the last push the Pushgateway accepted, 0 before the first.",
+            )
+            .with(
+                target,
+                f64::from_bits(self.stats.last_success_bits.load(Ordering::Relaxed)),
+            ),
+            MetricFamily::counter(
+                SAMPLES_SENT_TOTAL,
+                "Samples in pushes the Pushgateway accepted.",
+            )
+            .with(target, load(&self.stats.samples_sent)),
+        ]
+    }
+}
+
+fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, Error> {
+    let pem = std::fs::read(path).map_err(|source| Error::Io {
+        context: format!("reading pushgateway.tls.ca_file {}", path.display()),
+        source,
+    })?;
+    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        Error::Config(format!(
+            "pushgateway.tls.ca_file: {} is not PEM: {e}",
+            path.display()
+        ))
+    })?;
+    if certificates.is_empty() {
+        return Err(Error::Config(format!(
+            "pushgateway.tls.ca_file: {} holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(certificates)
+}
+
+/// The body of a refused request, read up to `MAX_ERROR_BODY_READ`.
+async fn read_error_body(mut response: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = MAX_ERROR_BODY_READ - body.len();
+                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                if body.len() >= MAX_ERROR_BODY_READ {
+                    break;
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                if body.is_empty() {
+                    return format!("(body unreadable: {e})");
+                }
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// `400 Bad Request`, or just the code when it has no reason phrase.
+fn status_text(status: StatusCode) -> String {
+    match status.canonical_reason() {
+        Some(reason) => format!("{} {reason}", status.as_u16()),
+        None => status.as_u16().to_string(),
+    }
+}
+
+/// reqwest's own message is terse ("error sending request"); the cause
+/// (connection refused, TLS) is in its sources.
+fn error_chain(error: &reqwest::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{CORRELATED, VCENTER_UP};
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).expect("test URLs are valid")
+    }
+
+    fn grouping(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// Base URL, job, grouping labels, expected group URL.
+    type UrlCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+
+    #[test]
+    fn group_urls_encode_each_segment_as_the_gateway_reads_it() {
+        let cases: &[UrlCase] = &[
+            (
+                "http://pg:9091",
+                "vsphere-ci-session-metrics",
+                &[],
+                "http://pg:9091/metrics/job/vsphere-ci-session-metrics",
+            ),
+            (
+                "http://pg:9091/",
+                "j",
+                &[("vcenter", "vc1.example.com")],
+                "http://pg:9091/metrics/job/j/vcenter/vc1.example.com",
+            ),
+            (
+                "https://proxy.example.com/pushgateway/",
+                "j",
+                &[],
+                "https://proxy.example.com/pushgateway/metrics/job/j",
+            ),
+            // Grouping labels come in name order.
+            (
+                "http://pg:9091",
+                "j",
+                &[("zone", "z"), ("instance", "i")],
+                "http://pg:9091/metrics/job/j/instance/i/zone/z",
+            ),
+            (
+                "http://pg:9091",
+                "ci/jobs",
+                &[],
+                "http://pg:9091/metrics/job@base64/Y2kvam9icw==",
+            ),
+            (
+                "http://pg:9091",
+                "j",
+                &[("dc", "a/b")],
+                "http://pg:9091/metrics/job/j/dc@base64/YS9i",
+            ),
+            // URL-safe alphabet: standard base64 of "???/" is "Pz8/Lw==".
+            (
+                "http://pg:9091",
+                "j",
+                &[("dc", "???/")],
+                "http://pg:9091/metrics/job/j/dc@base64/Pz8_Lw==",
+            ),
+            (
+                "http://pg:9091",
+                "j",
+                &[("shard", "")],
+                "http://pg:9091/metrics/job/j/shard@base64/=",
+            ),
+            (
+                "http://pg:9091",
+                "j",
+                &[("a", "."), ("b", "..")],
+                "http://pg:9091/metrics/job/j/a@base64/Lg==/b@base64/Li4=",
+            ),
+            (
+                "http://pg:9091",
+                "j",
+                &[("site", "a b%?#")],
+                "http://pg:9091/metrics/job/j/site/a%20b%25%3F%23",
+            ),
+            (
+                "http://pg:9091",
+                "j",
+                &[("user", "ci@vsphere.local")],
+                "http://pg:9091/metrics/job/j/user/ci@vsphere.local",
+            ),
+        ];
+        for (base, job, pairs, expected) in cases {
+            let built = group_url(&url(base), job, &grouping(pairs)).unwrap();
+            assert_eq!(built.as_str(), *expected, "{base} {job} {pairs:?}");
+        }
+    }
+
+    fn config() -> PushgatewayConfig {
+        PushgatewayConfig::new(url("http://127.0.0.1:9091"))
+    }
+
+    #[test]
+    fn defaults_apply_to_a_config_with_only_a_url() {
+        let parsed: PushgatewayConfig =
+            serde_yaml::from_str("url: http://pushgateway:9091\n").unwrap();
+        assert_eq!(parsed.job, "vsphere-ci-session-metrics");
+        assert!(parsed.grouping.is_empty());
+        assert_eq!(parsed.timeout, Duration::from_secs(10));
+        assert!(!parsed.delete_on_shutdown);
+        assert!(parsed.basic_auth.is_none() && parsed.bearer_token.is_none());
+        assert!(parsed.tls.ca_file.is_none() && !parsed.tls.insecure_skip_verify);
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn every_field_is_read_from_yaml_and_secrets_stay_hidden() {
+        let parsed: PushgatewayConfig = serde_yaml::from_str(
+            "url: https://pg.example.com/prefix\n\
+             job: reporter\n\
+             grouping: {instance: vc1}\n\
+             timeout: 1m 30s\n\
+             delete_on_shutdown: true\n\
+             basic_auth: {username: ci, password: hunter2}\n\
+             tls: {ca_file: /etc/ca.pem, insecure_skip_verify: false}\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.url.as_str(), "https://pg.example.com/prefix");
+        assert_eq!(parsed.job, "reporter");
+        assert_eq!(parsed.grouping, grouping(&[("instance", "vc1")]));
+        assert_eq!(parsed.timeout, Duration::from_secs(90));
+        assert!(parsed.delete_on_shutdown);
+        let basic = parsed.basic_auth.as_ref().unwrap();
+        assert_eq!(basic.password.as_ref().unwrap().expose(), "hunter2");
+        assert_eq!(
+            parsed.tls.ca_file.as_deref(),
+            Some(Path::new("/etc/ca.pem"))
+        );
+        assert!(!format!("{parsed:?}").contains("hunter2"));
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_durations_are_refused_by_name() {
+        let unknown = serde_yaml::from_str::<PushgatewayConfig>("url: http://pg\njobs: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("unknown field `jobs`"), "{unknown}");
+        let duration = serde_yaml::from_str::<PushgatewayConfig>("url: http://pg\ntimeout: 10\n")
+            .unwrap_err()
+            .to_string();
+        assert!(duration.contains("invalid duration \"10\""), "{duration}");
+    }
+
+    #[test]
+    fn invalid_configs_are_refused_with_the_field_named() {
+        type Edit = fn(&mut PushgatewayConfig);
+        let basic = |password: Option<&str>, file: Option<&str>| BasicAuth {
+            username: "ci".into(),
+            password: password.map(Secret::new),
+            password_file: file.map(PathBuf::from),
+        };
+        let cases: Vec<(Edit, &str)> = vec![
+            (
+                |c| c.url = url("ftp://pg:21"),
+                "pushgateway.url: scheme must be http or https, got \"ftp\"",
+            ),
+            (
+                |c| c.url = url("http://user:pw@pg:9091"),
+                "pushgateway.url: must not carry credentials; use pushgateway.basic_auth",
+            ),
+            (
+                |c| c.url = url("http://pg:9091/?x=1"),
+                "pushgateway.url: must not have a query or a fragment",
+            ),
+            (|c| c.job.clear(), "pushgateway.job: must not be empty"),
+            (
+                |c| c.grouping = grouping(&[("job", "x")]),
+                "pushgateway.grouping: \"job\" is set by pushgateway.job, not here",
+            ),
+            (
+                |c| c.grouping = grouping(&[("v-center", "x")]),
+                "pushgateway.grouping: \"v-center\" is not a valid Prometheus label name",
+            ),
+            (
+                |c| c.grouping = grouping(&[("__name__", "x")]),
+                "pushgateway.grouping: \"__name__\": names starting with \"__\" are reserved",
+            ),
+            (
+                |c| c.timeout = Duration::ZERO,
+                "pushgateway.timeout: must be more than 0",
+            ),
+            (
+                |c| {
+                    c.basic_auth = Some(BasicAuth {
+                        username: String::new(),
+                        password: Some(Secret::new("p")),
+                        password_file: None,
+                    })
+                },
+                "pushgateway.basic_auth.username: must not be empty",
+            ),
+            (
+                |c| {
+                    c.bearer_token = Some(Secret::new("t"));
+                    c.bearer_token_file = Some("/t".into());
+                },
+                "pushgateway.bearer_token: set one of bearer_token and bearer_token_file, not both",
+            ),
+        ];
+        for (edit, expected) in cases {
+            let mut c = config();
+            edit(&mut c);
+            match c.validate() {
+                Err(Error::Config(message)) => assert_eq!(message, expected),
+                other => panic!("expected {expected:?}, got {other:?}"),
+            }
+        }
+        let with_basic = |b: BasicAuth, token: bool| {
+            let mut c = config();
+            c.basic_auth = Some(b);
+            if token {
+                c.bearer_token = Some(Secret::new("t"));
+            }
+            c.validate().unwrap_err().to_string()
+        };
+        assert_eq!(
+            with_basic(basic(Some("p"), Some("/p")), false),
+            "pushgateway.basic_auth: set one of password and password_file, not both"
+        );
+        assert_eq!(
+            with_basic(basic(None, None), false),
+            "pushgateway.basic_auth: needs password or password_file"
+        );
+        assert_eq!(
+            with_basic(basic(Some("p"), None), true),
+            "pushgateway.basic_auth: set either basic_auth or a bearer token, not both"
+        );
+    }
+
+    #[test]
+    fn missing_credential_and_ca_files_fail_at_start() {
+        let mut c = config();
+        c.bearer_token_file = Some("/nonexistent/token".into());
+        let err = PushgatewaySink::new(c).unwrap_err().to_string();
+        assert!(
+            err.starts_with("reading pushgateway.bearer_token_file /nonexistent/token: "),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "not a certificate\n").unwrap();
+        let mut c = config();
+        c.tls.ca_file = Some(not_pem.clone());
+        let err = PushgatewaySink::new(c).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "pushgateway.tls.ca_file: {} holds no certificate",
+                not_pem.display()
+            )
+        );
+    }
+
+    #[test]
+    fn body_drops_the_labels_the_gateway_sets_and_keeps_the_rest() {
+        let mut c = config();
+        c.grouping = grouping(&[("instance", "reporter-1")]);
+        let sink = PushgatewaySink::new(c).unwrap();
+        let snapshot = Snapshot {
+            timestamp_ms: 1_700_000_000_000,
+            families: vec![
+                MetricFamily::gauge(CORRELATED, "h")
+                    .with([("username", "ci1"), ("job", "x"), ("instance", "y")], 2.0),
+                MetricFamily::gauge(VCENTER_UP, "h").with([("vcenter", "vc1")], 1.0),
+            ],
+        };
+        let (body, samples) = sink.render_body(&snapshot);
+        assert_eq!(samples, 2);
+        let expected = Snapshot {
+            timestamp_ms: snapshot.timestamp_ms,
+            families: vec![
+                MetricFamily::gauge(CORRELATED, "h").with([("username", "ci1")], 2.0),
+                MetricFamily::gauge(VCENTER_UP, "h").with([("vcenter", "vc1")], 1.0),
+            ],
+        };
+        assert_eq!(body, Bytes::from(expected.render_text()));
+    }
+
+    #[test]
+    fn body_without_reserved_labels_is_the_snapshot_text() {
+        let sink = PushgatewaySink::new(config()).unwrap();
+        let snapshot = Snapshot {
+            timestamp_ms: 1,
+            families: vec![MetricFamily::gauge(VCENTER_UP, "h").with([("vcenter", "vc1")], 1.0)],
+        };
+        let (body, _) = sink.render_body(&snapshot);
+        assert_eq!(body, Bytes::from(snapshot.render_text()));
+        assert!(body.ends_with(b"\n"));
+    }
+}
