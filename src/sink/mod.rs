@@ -1,6 +1,8 @@
 //! Where snapshots go: the local `/metrics` endpoint, remote-write targets and
 //! the Pushgateway. Every sink receives the same [`Snapshot`].
 
+pub mod remote_write;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
