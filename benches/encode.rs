@@ -24,10 +24,25 @@ fn snapshot() -> Snapshot {
         family.push(
             [
                 ("username", format!("ci-user-{}", i % 4)),
-                ("user_agent", format!("terraform-provider-vsphere/{}", i % 7)),
-                ("ci_job", format!("pull-ci-openshift-installer-main-e2e-vsphere-{}", i % 50)),
-                ("build_id", format!("{}", 1_800_000_000_000_000_000u64 + i as u64)),
-                ("pull_request", format!("https://github.com/openshift/installer/pull/{}", 9000 + i % 300)),
+                (
+                    "user_agent",
+                    format!("terraform-provider-vsphere/{}", i % 7),
+                ),
+                (
+                    "ci_job",
+                    format!("pull-ci-openshift-installer-main-e2e-vsphere-{}", i % 50),
+                ),
+                (
+                    "build_id",
+                    format!("{}", 1_800_000_000_000_000_000u64 + i as u64),
+                ),
+                (
+                    "pull_request",
+                    format!(
+                        "https://github.com/openshift/installer/pull/{}",
+                        9000 + i % 300
+                    ),
+                ),
                 ("vcenter", format!("vcenter-{}.ci.example", i % 3)),
             ],
             (i % 17) as f64,

@@ -9,7 +9,7 @@
 //! `bearer_token_file`) are read at every request, so a rotated Kubernetes
 //! Secret is picked up without a restart.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -72,7 +72,7 @@ pub struct HttpService {
     auth: Auth,
 }
 
-fn read_file_secret(path: &PathBuf, field: &str) -> Result<Secret, Error> {
+fn read_file_secret(path: &Path, field: &str) -> Result<Secret, Error> {
     Secret::from_file(path).map_err(|source| Error::Io {
         context: format!("remote_write {field} {}", path.display()),
         source,
