@@ -21,7 +21,7 @@ use receivers::{Captured, Peer, Reply, SentSeries, StubReceiver, free_port};
 use vsphere_ci_session_metrics::Error;
 use vsphere_ci_session_metrics::metrics::{MetricFamily, Snapshot};
 use vsphere_ci_session_metrics::sink::Sink;
-use vsphere_ci_session_metrics::sink::remote_write::config::{BasicAuth, RetryConfig};
+use vsphere_ci_session_metrics::sink::remote_write::config::{BasicAuth, RetryConfig, TlsConfig};
 use vsphere_ci_session_metrics::sink::remote_write::encode::STALE_NAN_BITS;
 use vsphere_ci_session_metrics::sink::remote_write::{
     BUFFERED_SAMPLES, Protocol, RemoteWriteConfig, RemoteWriteSink, SAMPLES_DROPPED_TOTAL,
@@ -245,6 +245,60 @@ async fn auto_protocol_falls_back_to_v1_against_prometheus_2_42_and_the_data_arr
     let got = prom.query(GAUGE, (ts as f64) / 1000.0 + 0.5).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1, 5.0);
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca_and_a_client_certificate_reaches_prometheus() {
+    let pki = receivers::TestPki::generate();
+    let web = format!(
+        "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  \
+         client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n",
+        pki.path("server.crt").display(),
+        pki.path("server.key").display(),
+        pki.path("ca.crt").display()
+    );
+    let prom = Peer::prometheus_with_web_config(&web);
+    let url = format!("https://127.0.0.1:{}/api/v1/write", prom.port);
+    let ts = now_ms() - 1_000;
+    let tls = |ca: bool, client: bool, insecure: bool| TlsConfig {
+        ca_file: ca.then(|| pki.path("ca.crt")),
+        cert_file: client.then(|| pki.path("client.crt")),
+        key_file: client.then(|| pki.path("client.key")),
+        insecure_skip_verify: insecure,
+        server_name: None,
+    };
+    let with_tls = |tls: TlsConfig| {
+        let mut cfg = config(&url);
+        cfg.remote_timeout = Duration::from_secs(5);
+        cfg.tls_config = Some(tls);
+        sink(cfg)
+    };
+
+    let trusted = with_tls(tls(true, true, false));
+    trusted
+        .publish(snapshot(ts, &[("ci-a", 1.0)]))
+        .await
+        .expect("the private CA is trusted and the client certificate accepted");
+
+    let mut short = config(&url);
+    short.remote_timeout = Duration::from_millis(300);
+    short.tls_config = Some(tls(false, true, false));
+    let untrusted = sink(short);
+    let err = untrusted
+        .publish(snapshot(ts, &[("ci-a", 1.0)]))
+        .await
+        .expect_err("a certificate from an unknown CA is refused");
+    assert!(
+        matches!(err, Error::RemoteWrite { status: None, .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    let insecure = with_tls(tls(false, true, true));
+    insecure
+        .publish(snapshot(ts + 1, &[("ci-a", 1.0)]))
+        .await
+        .expect("insecure_skip_verify accepts any server certificate");
 }
 
 // ---------------------------------------------------------------------------

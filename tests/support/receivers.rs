@@ -48,6 +48,9 @@ pub struct Peer {
     pub port: u16,
     child: Option<Child>,
     dir: tempfile::TempDir,
+    /// Prometheus `--web.config.file` contents (TLS); readiness is then a
+    /// TCP connect, since the plain-HTTP probe cannot speak TLS.
+    web_config: Option<String>,
 }
 
 impl Peer {
@@ -61,13 +64,23 @@ impl Peer {
         Peer::start_new(PeerKind::VictoriaMetrics)
     }
 
+    /// Prometheus serving HTTPS as `web_config` (a `--web.config.file`) says.
+    pub fn prometheus_with_web_config(web_config: &str) -> Peer {
+        Peer::start_with(PeerKind::Prometheus, Some(web_config.to_string()))
+    }
+
     fn start_new(kind: PeerKind) -> Peer {
+        Peer::start_with(kind, None)
+    }
+
+    fn start_with(kind: PeerKind, web_config: Option<String>) -> Peer {
         let dir = tempfile::tempdir().expect("a temp dir can be created");
         let mut peer = Peer {
             kind,
             port: free_port(),
             child: None,
             dir,
+            web_config,
         };
         peer.start();
         peer
@@ -102,6 +115,11 @@ impl Peer {
                     .arg(format!("--storage.tsdb.path={}", data.display()))
                     .arg(format!("--web.listen-address=127.0.0.1:{}", self.port))
                     .arg(format!("--config.file={}", config.display()));
+                if let Some(web) = &self.web_config {
+                    let path = self.dir.path().join("web.yml");
+                    std::fs::write(&path, web).expect("the web config can be written");
+                    cmd.arg(format!("--web.config.file={}", path.display()));
+                }
             }
             PeerKind::VictoriaMetrics => {
                 cmd.arg(format!("-httpListenAddr=127.0.0.1:{}", self.port))
@@ -138,7 +156,11 @@ impl Peer {
                     self.log()
                 );
             }
-            if let Ok(resp) = blocking_get(&url)
+            if self.web_config.is_some() {
+                if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                    return;
+                }
+            } else if let Ok(resp) = blocking_get(&url)
                 && resp == 200
             {
                 return;
@@ -273,6 +295,94 @@ impl Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A private CA, a server certificate for 127.0.0.1 and a client
+/// certificate, made with the `openssl` command (2048-bit RSA: rustls refuses
+/// smaller keys).
+pub struct TestPki {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestPki {
+    pub fn generate() -> TestPki {
+        let dir = tempfile::tempdir().expect("a temp dir can be created");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .unwrap_or_else(|e| {
+                    panic!("openssl: {e}: install Debian package openssl (scripts/test.sh does it)")
+                });
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\n",
+        )
+        .expect("the extension file can be written");
+        std::fs::write(
+            dir.path().join("client.ext"),
+            "extendedKeyUsage=clientAuth\n",
+        )
+        .expect("the extension file can be written");
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ]);
+        for name in ["server", "client"] {
+            run(&[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ]);
+            run(&[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ]);
+        }
+        TestPki { dir }
+    }
+
+    pub fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
     }
 }
 

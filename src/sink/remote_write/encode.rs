@@ -385,14 +385,8 @@ pub fn encode(cycle: &Cycle, version: WireVersion) -> Vec<u8> {
 
 /// Snappy block-format compression, as both specs require (never the framed
 /// "stream" format, which receivers reject).
-pub fn compress(bytes: &[u8]) -> Result<Vec<u8>, Error> {
-    snap::raw::Encoder::new()
-        .compress_vec(bytes)
-        .map_err(|e| Error::RemoteWrite {
-            target: String::new(),
-            status: None,
-            message: format!("snappy compression failed: {e}"),
-        })
+pub fn compress(bytes: &[u8]) -> Result<Vec<u8>, snap::Error> {
+    snap::raw::Encoder::new().compress_vec(bytes)
 }
 
 #[cfg(test)]

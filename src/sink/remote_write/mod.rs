@@ -39,8 +39,8 @@ pub mod proto {
 }
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -388,31 +388,11 @@ impl RemoteWriteSink {
         let wire_v1 = AtomicBool::new(negotiation.wire == WireVersion::V1);
         let confirmed = AtomicBool::new(negotiation.v2_confirmed);
         let warned = AtomicBool::new(negotiation.warned_unconfirmed);
-        let mut bodies: [Option<Bytes>; 2] = [None, None];
-        let mut encode_error = None;
-        let mut body_for = |version: WireVersion| -> Option<Bytes> {
-            let slot = &mut bodies[version as usize];
-            if slot.is_none() {
-                match encode::compress(&encode::encode(cycle, version)) {
-                    Ok(b) => *slot = Some(Bytes::from(b)),
-                    Err(e) => encode_error = Some(e),
-                }
-            }
-            slot.clone()
-        };
-        // Encode up front, so the attempt closure only clones `Bytes`.
-        let mut prepared: [Option<Bytes>; 2] = [body_for(WireVersion::V1), None];
-        if self.protocol != Protocol::V1 {
-            prepared[1] = body_for(WireVersion::V2);
-        }
-        if let Some(e) = encode_error {
-            return Err(GaveUp {
-                error: e,
-                retriable: false,
-                not_before: None,
-            });
-        }
-        let prepared = &prepared;
+        // Each version is encoded at most once per cycle and only when
+        // needed (v1 in auto mode only after a fallback); retries resend the
+        // same bytes.
+        let bodies: [OnceLock<Result<Bytes, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+        let bodies = &bodies;
         let result = self
             .policy
             .run(deadline, |attempt, left| {
@@ -425,8 +405,14 @@ impl RemoteWriteSink {
                     } else {
                         WireVersion::V2
                     };
-                    let Some(body) = prepared[version as usize].clone() else {
-                        return Attempt::Fail(self.error(None, "request body missing"));
+                    let body = bodies[version as usize].get_or_init(|| {
+                        encode::compress(&encode::encode(cycle, version))
+                            .map(Bytes::from)
+                            .map_err(|e| format!("snappy compression failed: {e}"))
+                    });
+                    let body = match body {
+                        Ok(body) => body.clone(),
+                        Err(message) => return Attempt::Fail(self.error(None, message.clone())),
                     };
                     if attempt > 0 {
                         self.counters
