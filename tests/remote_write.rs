@@ -1014,3 +1014,28 @@ async fn self_metrics_name_the_target_without_credentials() {
         1.0
     );
 }
+
+#[tokio::test]
+async fn a_slow_target_never_delays_another() {
+    let slow_stub = StubReceiver::start().await;
+    slow_stub.default_reply(Reply::status(204).delay(Duration::from_secs(10)));
+    let healthy_stub = StubReceiver::start().await;
+    let mut slow_cfg = config(&slow_stub.url);
+    slow_cfg.remote_timeout = Duration::from_millis(800);
+    let slow = sink(slow_cfg);
+    let healthy = sink(config(&healthy_stub.url));
+    let ts = now_ms();
+    let started = Instant::now();
+    let healthy_done = async {
+        let r = healthy.publish(snapshot(ts, &[("ci-a", 1.0)])).await;
+        (r, started.elapsed())
+    };
+    let ((healthy_result, healthy_took), slow_result) =
+        tokio::join!(healthy_done, slow.publish(snapshot(ts, &[("ci-a", 1.0)])));
+    healthy_result.expect("the healthy target got its cycle");
+    assert!(slow_result.is_err());
+    assert!(
+        healthy_took < Duration::from_millis(500),
+        "{healthy_took:?}"
+    );
+}

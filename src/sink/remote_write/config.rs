@@ -61,8 +61,9 @@ pub enum Protocol {
     Auto,
 }
 
-/// Settings of one remote-write target. Only `url` is required.
-#[derive(Clone, Debug, Deserialize)]
+/// Settings of one remote-write target. Only `url` is required. `Debug`
+/// hides the URL's credentials, header values and every secret.
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RemoteWriteConfig {
     /// The receiver's endpoint, e.g. `http://prometheus:9090/api/v1/write`.
@@ -110,6 +111,30 @@ pub struct RemoteWriteConfig {
     pub max_buffered_age: Duration,
     /// Backoff between retries of a failed request.
     pub retry: RetryConfig,
+}
+
+impl std::fmt::Debug for RemoteWriteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values may be API keys: show the names only.
+        let header_names: Vec<&String> = self.headers.keys().collect();
+        f.debug_struct("RemoteWriteConfig")
+            .field("url", &redact_url(&self.url))
+            .field("name", &self.name)
+            .field("remote_timeout", &self.remote_timeout)
+            .field("headers", &header_names)
+            .field("basic_auth", &self.basic_auth)
+            .field("authorization", &self.authorization)
+            .field("bearer_token", &self.bearer_token)
+            .field("bearer_token_file", &self.bearer_token_file)
+            .field("tls_config", &self.tls_config)
+            .field("protobuf_message", &self.protobuf_message)
+            .field("protocol", &self.protocol)
+            .field("tenant", &self.tenant)
+            .field("max_buffered_samples", &self.max_buffered_samples)
+            .field("max_buffered_age", &self.max_buffered_age)
+            .field("retry", &self.retry)
+            .finish()
+    }
 }
 
 impl Default for RemoteWriteConfig {
@@ -400,7 +425,7 @@ mod tests {
             "url: https://mimir.example/api/v1/push\n\
              name: mimir\n\
              remote_timeout: 10s\n\
-             headers: {X-Team: ci}\n\
+             headers: {X-Api-Key: k3y-value}\n\
              basic_auth: {username: u, password: p}\n\
              tls_config: {insecure_skip_verify: true}\n\
              protobuf_message: io.prometheus.write.v2.Request\n",
@@ -414,6 +439,10 @@ mod tests {
         assert_eq!(c.retry.max_backoff, Duration::from_secs(5));
         assert!(!format!("{c:?}").contains("password: Some(\"p\")"));
         assert!(format!("{c:?}").contains("<redacted>"));
+        assert!(
+            !format!("{c:?}").contains("k3y-value"),
+            "header values are hidden"
+        );
     }
 
     #[test]

@@ -62,14 +62,21 @@ pub struct Reply {
     pub body: String,
 }
 
-/// One target's HTTP client.
-#[derive(Debug)]
+/// One target's HTTP client. `Debug` shows the target name only.
 pub struct HttpService {
     client: reqwest::Client,
     url: reqwest::Url,
     target: String,
     headers: HeaderMap,
     auth: Auth,
+}
+
+impl std::fmt::Debug for HttpService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpService")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
 }
 
 fn read_file_secret(path: &Path, field: &str) -> Result<Secret, Error> {
