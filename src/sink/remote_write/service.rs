@@ -309,11 +309,17 @@ async fn read_error_body(mut response: reqwest::Response, left: Duration) -> Str
     };
     let _ = tokio::time::timeout(left, read).await;
     let text = String::from_utf8_lossy(&buf);
-    let mut cut = truncate_body(text.trim_end(), MAX_LOGGED_BODY);
-    if more && text.len() <= MAX_LOGGED_BODY {
-        cut.push_str("...");
+    let text = text.trim_end();
+    let cut = truncate_body(text, MAX_LOGGED_BODY);
+    if more {
+        // Not read to the end: say so rather than give a wrong length.
+        cut.replace(
+            &format!("({} bytes in all)", text.len()),
+            &format!("(over {MAX_READ_BODY} bytes)"),
+        )
+    } else {
+        cut
     }
-    cut
 }
 
 /// An error and its sources on one line: reqwest's own message is often just
