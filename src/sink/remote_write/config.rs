@@ -1,0 +1,500 @@
+//! Settings of one remote-write target.
+//!
+//! Field names are those of Prometheus's own `remote_write` block
+//! (<https://prometheus.io/docs/prometheus/latest/configuration/configuration/#remote_write>)
+//! so an operator can paste theirs: `url`, `name`, `remote_timeout`,
+//! `headers`, `basic_auth`, `authorization`, `bearer_token(_file)`,
+//! `tls_config`, `protobuf_message`. Prometheus's queueing, relabelling,
+//! OAuth2, SigV4 and Azure AD settings are not supported and are refused by
+//! name (unknown fields are an error, so a typo never goes unnoticed).
+//!
+//! Our own additions: `protocol` (v1, v2 or auto), `tenant`
+//! (`X-Scope-OrgID`), the outage buffer bounds and `retry` (with the names of
+//! Prometheus's `queue_config` backoff settings).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::Error;
+use crate::secret::Secret;
+
+/// Protobuf message name of Remote-Write 1.0, as in Prometheus's `protobuf_message`.
+pub const MESSAGE_V1: &str = "prometheus.WriteRequest";
+/// Protobuf message name of Remote-Write 2.0, as in Prometheus's `protobuf_message`.
+pub const MESSAGE_V2: &str = "io.prometheus.write.v2.Request";
+
+/// Headers the sink sets itself. Prometheus refuses these in `headers` too;
+/// we do the same, at start-up, so a request never goes out with a protocol
+/// header the operator overrode by mistake.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "host",
+    "content-encoding",
+    "content-length",
+    "content-type",
+    "user-agent",
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "www-authenticate",
+    "transfer-encoding",
+    "x-prometheus-remote-write-version",
+];
+
+/// Which remote-write protocol to speak.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// Remote-Write 1.0 (`prometheus.WriteRequest`): every receiver speaks it.
+    #[default]
+    V1,
+    /// Remote-Write 2.0 (`io.prometheus.write.v2.Request`) only.
+    V2,
+    /// Start with 2.0 and fall back to 1.0 for good (for this target, until
+    /// restart) when the receiver shows it does not speak 2.0: HTTP 415, a 400
+    /// before any 2.0 request was confirmed, or a 2xx without the
+    /// `X-Prometheus-Remote-Write-Samples-Written` header.
+    Auto,
+}
+
+/// Settings of one remote-write target. Only `url` is required. `Debug`
+/// hides the URL's credentials, header values and every secret.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RemoteWriteConfig {
+    /// The receiver's endpoint, e.g. `http://prometheus:9090/api/v1/write`.
+    pub url: String,
+    /// A name for logs and the `target` label of self-metrics; defaults to
+    /// the URL without credentials.
+    pub name: Option<String>,
+    /// Time allowed for one request, retries included (Prometheus's
+    /// duration syntax: `30s`, `1m`). Default `30s`. A publish spends at most
+    /// twice this in all, however much is buffered.
+    #[serde(deserialize_with = "de_duration")]
+    pub remote_timeout: Duration,
+    /// Extra HTTP headers sent with every request. Headers the protocol or
+    /// authentication sets (Content-Type, Authorization, ...) are refused.
+    pub headers: BTreeMap<String, String>,
+    /// HTTP basic authentication.
+    pub basic_auth: Option<BasicAuth>,
+    /// `Authorization: <type> <credentials>` header.
+    pub authorization: Option<Authorization>,
+    /// Legacy Prometheus setting: a bearer token. Prefer `authorization`.
+    #[serde(deserialize_with = "de_opt_secret")]
+    pub bearer_token: Option<Secret>,
+    /// Legacy Prometheus setting: a file holding a bearer token, read at
+    /// every request so a rotated token is picked up.
+    pub bearer_token_file: Option<PathBuf>,
+    /// TLS settings for `https` URLs.
+    pub tls_config: Option<TlsConfig>,
+    /// Prometheus's protocol switch: `prometheus.WriteRequest` (1.0) or
+    /// `io.prometheus.write.v2.Request` (2.0). When `protocol` is also set
+    /// they must agree (`auto` agrees with either).
+    pub protobuf_message: Option<String>,
+    /// `v1` (default), `v2` or `auto`. Overrides nothing silently: with both
+    /// this and `protobuf_message` set they must agree.
+    pub protocol: Option<Protocol>,
+    /// Tenant for multi-tenant receivers (Mimir, Cortex, Thanos), sent as
+    /// `X-Scope-OrgID`.
+    pub tenant: Option<String>,
+    /// Most samples kept while the target is unreachable; the oldest cycles
+    /// are dropped (and counted) past it. Default 500000.
+    pub max_buffered_samples: usize,
+    /// Oldest cycle kept while the target is unreachable. Default `1h`:
+    /// Prometheus refuses samples older than about an hour as out of bounds,
+    /// so an older cycle could never be accepted.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_buffered_age: Duration,
+    /// Backoff between retries of a failed request.
+    pub retry: RetryConfig,
+}
+
+impl std::fmt::Debug for RemoteWriteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values may be API keys: show the names only.
+        let header_names: Vec<&String> = self.headers.keys().collect();
+        f.debug_struct("RemoteWriteConfig")
+            .field("url", &redact_url(&self.url))
+            .field("name", &self.name)
+            .field("remote_timeout", &self.remote_timeout)
+            .field("headers", &header_names)
+            .field("basic_auth", &self.basic_auth)
+            .field("authorization", &self.authorization)
+            .field("bearer_token", &self.bearer_token)
+            .field("bearer_token_file", &self.bearer_token_file)
+            .field("tls_config", &self.tls_config)
+            .field("protobuf_message", &self.protobuf_message)
+            .field("protocol", &self.protocol)
+            .field("tenant", &self.tenant)
+            .field("max_buffered_samples", &self.max_buffered_samples)
+            .field("max_buffered_age", &self.max_buffered_age)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl Default for RemoteWriteConfig {
+    fn default() -> Self {
+        RemoteWriteConfig {
+            url: String::new(),
+            name: None,
+            remote_timeout: Duration::from_secs(30),
+            headers: BTreeMap::new(),
+            basic_auth: None,
+            authorization: None,
+            bearer_token: None,
+            bearer_token_file: None,
+            tls_config: None,
+            protobuf_message: None,
+            protocol: None,
+            tenant: None,
+            max_buffered_samples: 500_000,
+            max_buffered_age: Duration::from_secs(3600),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// HTTP basic authentication, as in Prometheus.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// User name.
+    pub username: String,
+    /// Password (or use `password_file`).
+    #[serde(default, deserialize_with = "de_opt_secret")]
+    pub password: Option<Secret>,
+    /// File holding the password, read at every request so a rotated
+    /// password is picked up.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// The `Authorization` header, as in Prometheus.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Authorization {
+    /// Scheme, default `Bearer`. `Basic` is refused (use `basic_auth`).
+    #[serde(default = "default_auth_type", rename = "type")]
+    pub auth_type: String,
+    /// The credentials (or use `credentials_file`).
+    #[serde(default, deserialize_with = "de_opt_secret")]
+    pub credentials: Option<Secret>,
+    /// File holding the credentials, read at every request.
+    #[serde(default)]
+    pub credentials_file: Option<PathBuf>,
+}
+
+fn default_auth_type() -> String {
+    "Bearer".to_string()
+}
+
+/// TLS settings, as in Prometheus's `tls_config`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the CA(s) to trust, in addition to the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate, for mutual TLS (with `key_file`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of the client certificate.
+    pub key_file: Option<PathBuf>,
+    /// Accept any server certificate. For tests only.
+    #[serde(default)]
+    pub insecure_skip_verify: bool,
+    /// Accepted for compatibility only when it equals the URL's host: the
+    /// certificate is always checked against the URL's host.
+    pub server_name: Option<String>,
+}
+
+/// Backoff bounds between retries, named like Prometheus's `queue_config`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// First wait after a failure. Default `30ms`.
+    #[serde(deserialize_with = "de_duration")]
+    pub min_backoff: Duration,
+    /// Longest wait between two attempts. Default `5s`.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            min_backoff: Duration::from_millis(30),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// Parse a Prometheus-style duration (`30s`, `1m30s`, `500ms`, `1h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("invalid duration {s:?} (expected e.g. \"30s\", \"5m\"): {e}"))
+}
+
+fn de_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+}
+
+impl RemoteWriteConfig {
+    /// The protocol in force, from `protocol` and `protobuf_message`.
+    pub fn effective_protocol(&self) -> Protocol {
+        match (self.protocol, self.protobuf_message.as_deref()) {
+            (Some(p), _) => p,
+            (None, Some(MESSAGE_V2)) => Protocol::V2,
+            _ => Protocol::V1,
+        }
+    }
+
+    /// Check the settings; every message names the field.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |msg: String| Err(Error::Config(format!("remote_write: {msg}")));
+        let url = match url::Url::parse(&self.url) {
+            Ok(u) => u,
+            Err(e) => return bad(format!("url {:?} is not a valid URL: {e}", self.url)),
+        };
+        if url.scheme() != "http" && url.scheme() != "https" {
+            return bad(format!(
+                "url {:?}: the scheme must be http or https",
+                redact_url(&self.url)
+            ));
+        }
+        if url.host_str().is_none_or(str::is_empty) {
+            return bad(format!("url {:?} has no host", redact_url(&self.url)));
+        }
+        if self.remote_timeout.is_zero() {
+            return bad("remote_timeout must be above zero".to_string());
+        }
+        for name in self.headers.keys() {
+            if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                return bad(format!(
+                    "headers: {name:?} is set by the sink itself and cannot be overridden"
+                ));
+            }
+            if name.eq_ignore_ascii_case("x-scope-orgid") && self.tenant.is_some() {
+                return bad(format!(
+                    "headers: {name:?} conflicts with tenant; set only one"
+                ));
+            }
+            if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return bad(format!("headers: {name:?} is not a valid header name"));
+            }
+        }
+        for (name, value) in &self.headers {
+            if reqwest::header::HeaderValue::from_str(value).is_err() {
+                return bad(format!(
+                    "headers: the value of {name:?} is not a valid header value"
+                ));
+            }
+        }
+        let auth_count = [
+            self.basic_auth.is_some(),
+            self.authorization.is_some(),
+            self.bearer_token.is_some(),
+            self.bearer_token_file.is_some(),
+        ]
+        .iter()
+        .filter(|x| **x)
+        .count();
+        if auth_count > 1 {
+            return bad(
+                "at most one of basic_auth, authorization, bearer_token and bearer_token_file may be set"
+                    .to_string(),
+            );
+        }
+        if let Some(b) = &self.basic_auth {
+            if b.username.is_empty() {
+                return bad("basic_auth.username must not be empty".to_string());
+            }
+            if b.password.is_some() && b.password_file.is_some() {
+                return bad("basic_auth: set password or password_file, not both".to_string());
+            }
+        }
+        if let Some(a) = &self.authorization {
+            if a.auth_type.eq_ignore_ascii_case("basic") {
+                return bad("authorization.type Basic is not allowed; use basic_auth".to_string());
+            }
+            if a.auth_type.is_empty() || a.auth_type.contains(char::is_whitespace) {
+                return bad(format!(
+                    "authorization.type {:?} must be one word",
+                    a.auth_type
+                ));
+            }
+            if a.credentials.is_some() == a.credentials_file.is_some() {
+                return bad(
+                    "authorization: set exactly one of credentials and credentials_file"
+                        .to_string(),
+                );
+            }
+        }
+        if let Some(tls) = &self.tls_config {
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return bad("tls_config: cert_file and key_file must be set together".to_string());
+            }
+            if let Some(sni) = &tls.server_name
+                && Some(sni.as_str()) != url.host_str()
+            {
+                return bad(format!(
+                    "tls_config.server_name {sni:?} differs from the URL's host; \
+                     only the URL's host is supported"
+                ));
+            }
+        }
+        if let Some(m) = &self.protobuf_message {
+            if m != MESSAGE_V1 && m != MESSAGE_V2 {
+                return bad(format!(
+                    "protobuf_message {m:?} must be {MESSAGE_V1:?} or {MESSAGE_V2:?}"
+                ));
+            }
+            let agrees = match self.protocol {
+                None | Some(Protocol::Auto) => true,
+                Some(Protocol::V1) => m == MESSAGE_V1,
+                Some(Protocol::V2) => m == MESSAGE_V2,
+            };
+            if !agrees {
+                return bad(format!(
+                    "protocol and protobuf_message {m:?} disagree; set only one"
+                ));
+            }
+        }
+        if let Some(t) = &self.tenant
+            && (t.is_empty() || reqwest::header::HeaderValue::from_str(t).is_err())
+        {
+            return bad("tenant must be a non-empty header value".to_string());
+        }
+        if self.max_buffered_samples == 0 {
+            return bad("max_buffered_samples must be above zero".to_string());
+        }
+        if self.max_buffered_age.is_zero() {
+            return bad("max_buffered_age must be above zero".to_string());
+        }
+        if self.retry.min_backoff.is_zero() {
+            return bad("retry.min_backoff must be above zero".to_string());
+        }
+        if self.retry.max_backoff < self.retry.min_backoff {
+            return bad("retry.max_backoff must not be below retry.min_backoff".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// The URL without user info or query (which may hold credentials), for
+/// logs and the `target` label.
+pub fn redact_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.set_query(None);
+            u.set_fragment(None);
+            u.to_string()
+        }
+        Err(_) => "<invalid url>".to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<RemoteWriteConfig, Error> {
+        let c: RemoteWriteConfig =
+            serde_yaml::from_str(yaml).map_err(|e| Error::Config(e.to_string()))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn err(yaml: &str) -> String {
+        parse(yaml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_pasted_prometheus_block_parses_with_defaults() {
+        let c = parse(
+            "url: https://mimir.example/api/v1/push\n\
+             name: mimir\n\
+             remote_timeout: 10s\n\
+             headers: {X-Api-Key: k3y-value}\n\
+             basic_auth: {username: u, password: p}\n\
+             tls_config: {insecure_skip_verify: true}\n\
+             protobuf_message: io.prometheus.write.v2.Request\n",
+        )
+        .unwrap();
+        assert_eq!(c.remote_timeout, Duration::from_secs(10));
+        assert_eq!(c.effective_protocol(), Protocol::V2);
+        assert_eq!(c.max_buffered_samples, 500_000);
+        assert_eq!(c.max_buffered_age, Duration::from_secs(3600));
+        assert_eq!(c.retry.min_backoff, Duration::from_millis(30));
+        assert_eq!(c.retry.max_backoff, Duration::from_secs(5));
+        assert!(!format!("{c:?}").contains("password: Some(\"p\")"));
+        assert!(format!("{c:?}").contains("<redacted>"));
+        assert!(
+            !format!("{c:?}").contains("k3y-value"),
+            "header values are hidden"
+        );
+    }
+
+    #[test]
+    fn protocol_defaults_to_v1_and_auto_is_ours() {
+        assert_eq!(
+            parse("url: http://h/").unwrap().effective_protocol(),
+            Protocol::V1
+        );
+        assert_eq!(
+            parse("url: http://h/\nprotocol: auto")
+                .unwrap()
+                .effective_protocol(),
+            Protocol::Auto
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_field() {
+        assert!(err("url: ftp://h/").contains("url"));
+        assert!(err("url: http://h/\nheaders: {Content-Type: x}").contains("headers"));
+        assert!(
+            err("url: http://h/\nheaders: {user-agent: x}")
+                .contains("User-Agent".to_lowercase().as_str())
+        );
+        assert!(err("url: http://h/\nremote_timeout: soon").contains("invalid duration"));
+        assert!(err("url: http://h/\nqueue_config: {}").contains("queue_config"));
+        assert!(
+            err("url: http://h/\nbearer_token: t\nbasic_auth: {username: u}")
+                .contains("at most one")
+        );
+        assert!(
+            err("url: http://h/\nprotocol: v1\nprotobuf_message: io.prometheus.write.v2.Request")
+                .contains("protobuf_message")
+        );
+        assert!(err("url: http://h/\nprotobuf_message: x").contains("protobuf_message"));
+        assert!(
+            err("url: http://h/\nauthorization: {type: Basic, credentials: x}")
+                .contains("authorization.type")
+        );
+        assert!(err("url: http://h/\ntls_config: {cert_file: /c}").contains("tls_config"));
+        assert!(
+            err("url: http://h/\nretry: {min_backoff: 2s, max_backoff: 1s}")
+                .contains("retry.max_backoff")
+        );
+        assert!(err("url: http://h/\ntenant: a\nheaders: {X-Scope-OrgID: b}").contains("tenant"));
+    }
+
+    #[test]
+    fn the_target_name_hides_credentials() {
+        assert_eq!(
+            redact_url("https://user:pw@h:9090/api/v1/write?token=x"),
+            "https://h:9090/api/v1/write"
+        );
+    }
+}

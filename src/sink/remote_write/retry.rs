@@ -1,0 +1,332 @@
+//! When to try a remote-write request again, and how long to wait.
+//!
+//! The rules of the Remote-Write 1.0 spec
+//! (<https://prometheus.io/docs/specs/remote_write_spec/#retries-backoff>):
+//! 5xx and network failures are retried with backoff; 429 is retried, waiting
+//! as long as `Retry-After` asks (delta-seconds or an HTTP-date); any other
+//! 4xx is final, since the same request would be refused again.
+//!
+//! Backoff is exponential with full jitter between `min_backoff` and
+//! `max_backoff` (the names of Prometheus's `queue_config`), and every retry
+//! loop runs against a deadline so a dead target cannot hold a cycle. The loop
+//! is a policy type ([`RetryPolicy::run`]) taking the attempt as a closure, so
+//! its timing is tested with a paused clock and no network.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use rand::Rng as _;
+use tokio::time::Instant;
+
+use crate::error::Error;
+
+/// Backoff bounds for one target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+/// What an HTTP status means for the request that got it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// 2xx: delivered.
+    Delivered,
+    /// 5xx or 429: the same request may succeed later.
+    Retry,
+    /// Any other status: the request itself is refused; never resend it.
+    Refused,
+}
+
+/// Classify a response status.
+pub fn classify(status: u16) -> Verdict {
+    match status {
+        200..=299 => Verdict::Delivered,
+        429 | 500..=599 => Verdict::Retry,
+        _ => Verdict::Refused,
+    }
+}
+
+/// Parse a `Retry-After` value: delta-seconds (`"120"`) or an HTTP-date
+/// (`"Wed, 21 Oct 2015 07:28:00 GMT"`). A date in the past means "now".
+/// Anything else is ignored (`None`), and the normal backoff applies.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The result of one attempt, as the closure given to [`RetryPolicy::run`]
+/// reports it.
+#[derive(Debug)]
+pub enum Attempt<T> {
+    /// Done: stop and return this.
+    Done(T),
+    /// Failed in a way that may pass: try again after the backoff, or after
+    /// `after` when the receiver said how long (429 `Retry-After`).
+    Retry {
+        error: Error,
+        after: Option<Duration>,
+    },
+    /// Failed for good: stop.
+    Fail(Error),
+}
+
+/// Why [`RetryPolicy::run`] stopped without a result.
+#[derive(Debug)]
+pub struct GaveUp {
+    /// The last attempt's error (or a timeout when no attempt could start).
+    pub error: Error,
+    /// True when the failure may pass (keep the request for later), false
+    /// when the request was refused for good.
+    pub retriable: bool,
+    /// When a receiver asked (429) not to be called before a time that lies
+    /// past the deadline: the caller should not try before it.
+    pub not_before: Option<Instant>,
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `retry` (0 for the first retry): a random
+    /// duration between `min_backoff` and `min_backoff × 2^retry`, capped at
+    /// `max_backoff` ("full jitter", so many senders do not retry in step).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let min = self.min_backoff;
+        let cap = min
+            .checked_mul(1u32.checked_shl(retry.min(31)).unwrap_or(u32::MAX))
+            .unwrap_or(self.max_backoff)
+            .min(self.max_backoff)
+            .max(min);
+        if cap == min {
+            return min;
+        }
+        let nanos = rand::rng().random_range(min.as_nanos()..=cap.as_nanos());
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// Call `attempt` until it is done, fails for good, or `deadline` would be
+    /// passed by the next wait. `attempt` gets the attempt number (0 first)
+    /// and the time left before the deadline, to use as its own timeout.
+    pub async fn run<T, F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<T, GaveUp>
+    where
+        F: FnMut(u32, Duration) -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        let mut number = 0u32;
+        loop {
+            let now = Instant::now();
+            let left = deadline.saturating_duration_since(now);
+            if left.is_zero() {
+                return Err(GaveUp {
+                    error: Error::Timeout {
+                        what: "remote-write request".to_string(),
+                        timeout: Duration::ZERO,
+                    },
+                    retriable: true,
+                    not_before: None,
+                });
+            }
+            match attempt(number, left).await {
+                Attempt::Done(value) => return Ok(value),
+                Attempt::Fail(error) => {
+                    return Err(GaveUp {
+                        error,
+                        retriable: false,
+                        not_before: None,
+                    });
+                }
+                Attempt::Retry { error, after } => {
+                    let wait = after.unwrap_or_else(|| self.backoff(number));
+                    let resume = Instant::now() + wait;
+                    if resume >= deadline {
+                        return Err(GaveUp {
+                            error,
+                            retriable: true,
+                            not_before: after.map(|_| resume),
+                        });
+                    }
+                    tracing::warn!(
+                        error = %error,
+                        attempt = number + 1,
+                        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        "Remote-write request failed, retrying"
+                    );
+                    tokio::time::sleep_until(resume).await;
+                    number += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            min_backoff: Duration::from_millis(30),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+
+    fn server_error() -> Error {
+        Error::RemoteWrite {
+            target: "t".into(),
+            status: Some(500),
+            message: "HTTP 500".into(),
+        }
+    }
+
+    #[test]
+    fn statuses_are_classified_as_the_spec_says() {
+        assert_eq!(classify(204), Verdict::Delivered);
+        assert_eq!(classify(200), Verdict::Delivered);
+        assert_eq!(classify(500), Verdict::Retry);
+        assert_eq!(classify(503), Verdict::Retry);
+        assert_eq!(classify(429), Verdict::Retry);
+        assert_eq!(classify(400), Verdict::Refused);
+        assert_eq!(classify(404), Verdict::Refused);
+        assert_eq!(classify(415), Verdict::Refused);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(parse_retry_after(" 7 ", now), Some(Duration::from_secs(7)));
+        let later = httpdate::fmt_http_date(now + Duration::from_secs(42));
+        assert_eq!(
+            parse_retry_after(&later, now),
+            Some(Duration::from_secs(42))
+        );
+        let earlier = httpdate::fmt_http_date(now - Duration::from_secs(42));
+        assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn backoff_grows_from_min_and_never_passes_max() {
+        let p = policy();
+        for retry in 0..64 {
+            let d = p.backoff(retry);
+            assert!(d >= p.min_backoff, "{d:?}");
+            assert!(d <= p.max_backoff, "{d:?}");
+            let cap = p.min_backoff * 2u32.saturating_pow(retry.min(20));
+            assert!(d <= cap.max(p.min_backoff), "retry {retry}: {d:?}");
+        }
+        assert_eq!(p.backoff(0), p.min_backoff);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_errors_are_retried_until_success() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let started = Instant::now();
+        let result = policy()
+            .run(started + Duration::from_secs(30), |_, _| {
+                let calls = calls.clone();
+                async move {
+                    if calls.fetch_add(1, Ordering::SeqCst) < 3 {
+                        Attempt::Retry {
+                            error: server_error(),
+                            after: None,
+                        }
+                    } else {
+                        Attempt::Done("ok")
+                    }
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap(), "ok");
+        assert_eq!(calls.load(Ordering::SeqCst), 4);
+        // Three waits of at least 30 ms, each at most 30 ms × 2^n.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(90), "{waited:?}");
+        assert!(waited <= Duration::from_millis(30 + 60 + 120), "{waited:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_stop_at_the_deadline_and_stay_retriable() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(2);
+        let result: Result<(), GaveUp> = policy()
+            .run(deadline, |_, left| {
+                let calls = calls.clone();
+                assert!(left <= Duration::from_secs(2));
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Attempt::Retry {
+                        error: server_error(),
+                        after: None,
+                    }
+                }
+            })
+            .await;
+        let gave_up = result.unwrap_err();
+        assert!(gave_up.retriable);
+        assert!(Instant::now() <= deadline);
+        assert!(calls.load(Ordering::SeqCst) > 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refusals_are_never_retried() {
+        let calls = Arc::new(AtomicU32::new(0));
+        let result: Result<(), GaveUp> = policy()
+            .run(Instant::now() + Duration::from_secs(30), |_, _| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Attempt::Fail(server_error())
+                }
+            })
+            .await;
+        assert!(!result.unwrap_err().retriable);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_waited_exactly() {
+        let started = Instant::now();
+        let times = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let result = policy()
+            .run(started + Duration::from_secs(30), |n, _| {
+                times.lock().unwrap().push(started.elapsed());
+                async move {
+                    if n == 0 {
+                        Attempt::Retry {
+                            error: server_error(),
+                            after: Some(Duration::from_secs(3)),
+                        }
+                    } else {
+                        Attempt::Done(())
+                    }
+                }
+            })
+            .await;
+        assert!(result.is_ok());
+        assert_eq!(
+            *times.lock().unwrap(),
+            [Duration::ZERO, Duration::from_secs(3)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_past_the_deadline_gives_up_at_once_with_a_resume_time() {
+        let started = Instant::now();
+        let result: Result<(), GaveUp> = policy()
+            .run(started + Duration::from_secs(5), |_, _| async {
+                Attempt::Retry {
+                    error: server_error(),
+                    after: Some(Duration::from_secs(60)),
+                }
+            })
+            .await;
+        let gave_up = result.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(gave_up.not_before, Some(started + Duration::from_secs(60)));
+    }
+}

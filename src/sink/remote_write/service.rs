@@ -1,0 +1,336 @@
+//! The HTTP side of one remote-write target: one POST, its headers, and what
+//! the answer says. No retries here (see `retry.rs`) and no encoding (see
+//! `encode.rs`).
+//!
+//! Headers follow the Remote-Write 1.0 and 2.0 specs
+//! (<https://prometheus.io/docs/specs/remote_write_spec/#protocol>,
+//! <https://prometheus.io/docs/specs/prw/remote_write_spec_2_0/#protocol>).
+//! Credentials read from files (`password_file`, `credentials_file`,
+//! `bearer_token_file`) are read at every request, so a rotated Kubernetes
+//! Secret is picked up without a restart.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::config::RemoteWriteConfig;
+use super::encode::WireVersion;
+use super::retry::parse_retry_after;
+use crate::error::{Error, truncate_body};
+use crate::secret::Secret;
+
+/// `User-Agent` of every request.
+pub const USER_AGENT: &str = concat!("vsphere-ci-session-metrics/", env!("CARGO_PKG_VERSION"));
+/// Header naming the protocol version.
+pub const VERSION_HEADER: &str = "X-Prometheus-Remote-Write-Version";
+/// Header by which a 2.0 receiver confirms how many samples it wrote.
+pub const SAMPLES_WRITTEN_HEADER: &str = "X-Prometheus-Remote-Write-Samples-Written";
+/// Tenant header of Mimir, Cortex and Thanos.
+pub const TENANT_HEADER: &str = "X-Scope-OrgID";
+/// Error bodies are logged up to this many bytes.
+pub const MAX_LOGGED_BODY: usize = 1024;
+/// Error bodies are read up to this many bytes; the rest is not waited for.
+const MAX_READ_BODY: usize = 64 * 1024;
+
+/// How to authenticate.
+#[derive(Debug, Clone)]
+enum Auth {
+    None,
+    Basic {
+        username: String,
+        password: Option<Secret>,
+        password_file: Option<PathBuf>,
+    },
+    Header {
+        scheme: String,
+        credentials: Option<Secret>,
+        credentials_file: Option<PathBuf>,
+    },
+}
+
+/// What a receiver answered.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// `Retry-After`, parsed (429 and 503).
+    pub retry_after: Option<Duration>,
+    /// `X-Prometheus-Remote-Write-Samples-Written`, when present.
+    pub samples_written: Option<u64>,
+    /// The body of a non-2xx answer, cut to [`MAX_LOGGED_BODY`].
+    pub body: String,
+}
+
+/// One target's HTTP client. `Debug` shows the target name only.
+pub struct HttpService {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    target: String,
+    headers: HeaderMap,
+    auth: Auth,
+}
+
+impl std::fmt::Debug for HttpService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpService")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_file_secret(path: &Path, field: &str) -> Result<Secret, Error> {
+    Secret::from_file(path).map_err(|source| Error::Io {
+        context: format!("remote_write {field} {}", path.display()),
+        source,
+    })
+}
+
+impl HttpService {
+    /// Build the client (TLS, headers) from a validated config.
+    pub fn new(config: &RemoteWriteConfig, target: String) -> Result<Self, Error> {
+        let url = reqwest::Url::parse(&config.url)
+            .map_err(|e| Error::Config(format!("remote_write url: {e}")))?;
+        let mut builder = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(config.remote_timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(90));
+        if let Some(tls) = &config.tls_config {
+            if let Some(ca) = &tls.ca_file {
+                let pem = std::fs::read(ca).map_err(|source| Error::Io {
+                    context: format!("remote_write tls_config.ca_file {}", ca.display()),
+                    source,
+                })?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    Error::Config(format!(
+                        "remote_write tls_config.ca_file {}: {e}",
+                        ca.display()
+                    ))
+                })?;
+                for cert in certs {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
+                let mut pem = std::fs::read(cert).map_err(|source| Error::Io {
+                    context: format!("remote_write tls_config.cert_file {}", cert.display()),
+                    source,
+                })?;
+                pem.push(b'\n');
+                pem.extend(std::fs::read(key).map_err(|source| Error::Io {
+                    context: format!("remote_write tls_config.key_file {}", key.display()),
+                    source,
+                })?);
+                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                    Error::Config(format!("remote_write tls_config.cert_file/key_file: {e}"))
+                })?;
+                builder = builder.identity(identity);
+            }
+            if tls.insecure_skip_verify {
+                builder = builder.danger_accept_invalid_certs(true);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| Error::Config(format!("remote_write: HTTP client: {e}")))?;
+
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|e| Error::Config(format!("remote_write headers {name:?}: {e}")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|e| Error::Config(format!("remote_write headers {name:?}: {e}")))?;
+            headers.insert(name, value);
+        }
+        if let Some(tenant) = &config.tenant {
+            let value = HeaderValue::from_str(tenant)
+                .map_err(|e| Error::Config(format!("remote_write tenant: {e}")))?;
+            headers.insert(TENANT_HEADER, value);
+        }
+        headers.insert(
+            reqwest::header::CONTENT_ENCODING,
+            HeaderValue::from_static("snappy"),
+        );
+
+        let auth = if let Some(b) = &config.basic_auth {
+            Auth::Basic {
+                username: b.username.clone(),
+                password: b.password.clone(),
+                password_file: b.password_file.clone(),
+            }
+        } else if let Some(a) = &config.authorization {
+            Auth::Header {
+                scheme: a.auth_type.clone(),
+                credentials: a.credentials.clone(),
+                credentials_file: a.credentials_file.clone(),
+            }
+        } else if config.bearer_token.is_some() || config.bearer_token_file.is_some() {
+            Auth::Header {
+                scheme: "Bearer".to_string(),
+                credentials: config.bearer_token.clone(),
+                credentials_file: config.bearer_token_file.clone(),
+            }
+        } else {
+            Auth::None
+        };
+        let service = HttpService {
+            client,
+            url,
+            target,
+            headers,
+            auth,
+        };
+        // Fail at start, not at the first cycle, when a credentials file is
+        // missing; it is read again at every request.
+        service.authorization()?;
+        Ok(service)
+    }
+
+    /// The `Authorization` header value, reading credential files now.
+    fn authorization(&self) -> Result<Option<HeaderValue>, Error> {
+        let value = match &self.auth {
+            Auth::None => return Ok(None),
+            Auth::Basic {
+                username,
+                password,
+                password_file,
+            } => {
+                let password = match (password, password_file) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(f)) => read_file_secret(f, "basic_auth.password_file")?,
+                    (None, None) => Secret::default(),
+                };
+                use base64::Engine as _;
+                let raw = format!("{username}:{}", password.expose());
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                )
+            }
+            Auth::Header {
+                scheme,
+                credentials,
+                credentials_file,
+            } => {
+                let credentials = match (credentials, credentials_file) {
+                    (Some(c), _) => c.clone(),
+                    (None, Some(f)) => read_file_secret(f, "credentials file")?,
+                    (None, None) => Secret::default(),
+                };
+                format!("{scheme} {}", credentials.expose())
+            }
+        };
+        let mut value = HeaderValue::from_str(&value).map_err(|_| {
+            Error::Config("remote_write: credentials are not a valid header value".to_string())
+        })?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+
+    fn error(&self, status: Option<u16>, message: String) -> Error {
+        Error::RemoteWrite {
+            target: self.target.clone(),
+            status,
+            message,
+        }
+    }
+
+    /// POST one compressed body. `Err` means no answer arrived (connection,
+    /// TLS, timeout) and carries `status: None`; any HTTP answer is `Ok`.
+    pub async fn send(
+        &self,
+        body: Bytes,
+        version: WireVersion,
+        timeout: Duration,
+    ) -> Result<Reply, Error> {
+        let started = tokio::time::Instant::now();
+        let mut request = self
+            .client
+            .post(self.url.clone())
+            .headers(self.headers.clone())
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                HeaderValue::from_static(version.content_type()),
+            )
+            .header(VERSION_HEADER, version.version_header())
+            .timeout(timeout)
+            .body(body);
+        if let Some(auth) = self.authorization()? {
+            request = request.header(reqwest::header::AUTHORIZATION, auth);
+        }
+        let response = request.send().await.map_err(|e| {
+            let what = if e.is_timeout() {
+                format!("no answer within {timeout:?}")
+            } else {
+                format!("request failed: {}", error_chain(&e))
+            };
+            self.error(None, what)
+        })?;
+        let status = response.status().as_u16();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let retry_after =
+            header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        let samples_written = header(SAMPLES_WRITTEN_HEADER).and_then(|v| v.trim().parse().ok());
+        let body = if (200..300).contains(&status) {
+            String::new()
+        } else {
+            let left = timeout.saturating_sub(started.elapsed());
+            read_error_body(response, left).await
+        };
+        Ok(Reply {
+            status,
+            retry_after,
+            samples_written,
+            body,
+        })
+    }
+}
+
+/// Read at most [`MAX_READ_BODY`] bytes of an error body within `left`, and
+/// cut it for the log. The body is never parsed: operators see what the
+/// receiver said.
+async fn read_error_body(mut response: reqwest::Response, left: Duration) -> String {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut more = false;
+    let read = async {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            buf.extend_from_slice(&chunk);
+            if buf.len() >= MAX_READ_BODY {
+                more = true;
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(left, read).await;
+    let text = String::from_utf8_lossy(&buf);
+    let text = text.trim_end();
+    let cut = truncate_body(text, MAX_LOGGED_BODY);
+    if more {
+        // Not read to the end: say so rather than give a wrong length.
+        cut.replace(
+            &format!("({} bytes in all)", text.len()),
+            &format!("(over {MAX_READ_BODY} bytes)"),
+        )
+    } else {
+        cut
+    }
+}
+
+/// An error and its sources on one line: reqwest's own message is often just
+/// "error sending request".
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
