@@ -257,9 +257,7 @@ impl VcenterClient {
             &self.config.username,
             self.config.password.expose(),
         );
-        let exchange = self
-            .call("Login", &content.api_version, None, body)
-            .await?;
+        let exchange = self.call("Login", &content.api_version, None, body).await?;
         let cookie = exchange.session_cookie.clone();
         let refused = |message: String| Error::VcenterLogin {
             host: self.config.host.clone(),
@@ -366,8 +364,7 @@ impl VcenterClient {
                 HeaderValue::from_str(&format!("{SESSION_COOKIE}=\"{}\"", cookie.expose()))
                     .map_err(|_| Error::SoapParse {
                         host: self.config.host.clone(),
-                        message: "the session cookie holds characters a header cannot carry"
-                            .into(),
+                        message: "the session cookie holds characters a header cannot carry".into(),
                     })?;
             value.set_sensitive(true);
             request = request.header(COOKIE, value);
@@ -536,8 +533,14 @@ mod tests {
     #[test]
     fn sdk_endpoint_appends_sdk_once_and_drops_user_info() {
         let url = |s: &str| sdk_endpoint(&Url::parse(s).expect("test URL is valid"));
-        assert_eq!(url("https://vc.example.com").as_str(), "https://vc.example.com/sdk");
-        assert_eq!(url("https://vc.example.com/sdk/").as_str(), "https://vc.example.com/sdk");
+        assert_eq!(
+            url("https://vc.example.com").as_str(),
+            "https://vc.example.com/sdk"
+        );
+        assert_eq!(
+            url("https://vc.example.com/sdk/").as_str(),
+            "https://vc.example.com/sdk"
+        );
         assert_eq!(
             url("https://u:p@vc.example.com:8443/").as_str(),
             "https://vc.example.com:8443/sdk"

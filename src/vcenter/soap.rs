@@ -228,7 +228,10 @@ struct Document {
 }
 
 impl Document {
-    fn reply<T>(self, ok: impl FnOnce(Self) -> Result<T, ParseError>) -> Result<Reply<T>, ParseError> {
+    fn reply<T>(
+        self,
+        ok: impl FnOnce(Self) -> Result<T, ParseError>,
+    ) -> Result<Reply<T>, ParseError> {
         if let Some(fault) = self.fault {
             return Ok(Reply::Fault(fault));
         }
@@ -252,7 +255,10 @@ impl Document {
 
         while let Some(step) = parser.next()? {
             match step {
-                Step::Open { xsi_type, type_attr } => {
+                Step::Open {
+                    xsi_type,
+                    type_attr,
+                } => {
                     let path = &parser.path;
                     let Some(body) = body_path(path) else {
                         continue;
@@ -336,7 +342,14 @@ impl Document {
                                 doc.page.sessions.push(s);
                             }
                         }
-                        ["returnval", "objects", "propSet", "val", "UserSession", field] => {
+                        [
+                            "returnval",
+                            "objects",
+                            "propSet",
+                            "val",
+                            "UserSession",
+                            field,
+                        ] => {
                             if let Some(s) = session.as_mut() {
                                 set_session_field(s, field, text)?;
                             }
@@ -354,7 +367,13 @@ impl Document {
                         ["returnval", "objects", "missingSet", "path"] => {
                             missing_path = text.trim().to_string();
                         }
-                        ["returnval", "objects", "missingSet", "fault", "localizedMessage"] => {
+                        [
+                            "returnval",
+                            "objects",
+                            "missingSet",
+                            "fault",
+                            "localizedMessage",
+                        ] => {
                             if let Some(m) = missing.as_mut() {
                                 m.message = text.trim().to_string();
                             }
@@ -384,9 +403,7 @@ impl Document {
             }
         }
         if !parser.saw_envelope {
-            return Err(ParseError(
-                "the document is not a SOAP 1.1 envelope".into(),
-            ));
+            return Err(ParseError("the document is not a SOAP 1.1 envelope".into()));
         }
         Ok(doc)
     }
@@ -416,9 +433,10 @@ fn set_session_field(s: &mut UserSession, field: &str, text: &str) -> Result<(),
         "ipAddress" => s.ip_address = value(),
         "userAgent" => s.user_agent = value(),
         "callCount" => {
-            s.call_count = text.trim().parse().map_err(|_| {
-                ParseError("UserSession callCount is not an integer".into())
-            })?;
+            s.call_count = text
+                .trim()
+                .parse()
+                .map_err(|_| ParseError("UserSession callCount is not an integer".into()))?;
         }
         // locale, messageLocale, extensionSession and future fields.
         _ => {}
@@ -646,7 +664,10 @@ mod tests {
 
     #[test]
     fn a_session_page_with_a_token_yields_every_field_and_the_token() {
-        let page = ok(parse_session_page(&fixture("retrieve_sessions_token.xml"), false));
+        let page = ok(parse_session_page(
+            &fixture("retrieve_sessions_token.xml"),
+            false,
+        ));
         assert_eq!(page.token.as_deref(), Some("session-page-2"));
         assert_eq!(page.missing, None);
         assert_eq!(page.sessions.len(), 3);
@@ -668,14 +689,20 @@ mod tests {
 
     #[test]
     fn a_session_without_user_agent_has_an_empty_one() {
-        let page = ok(parse_session_page(&fixture("retrieve_sessions_token.xml"), false));
+        let page = ok(parse_session_page(
+            &fixture("retrieve_sessions_token.xml"),
+            false,
+        ));
         assert_eq!(page.sessions[1].user_name, "ci-user-2@vsphere.local");
         assert_eq!(page.sessions[1].user_agent, "");
     }
 
     #[test]
     fn escaped_text_and_indented_fields_are_decoded() {
-        let page = ok(parse_session_page(&fixture("retrieve_sessions_token.xml"), false));
+        let page = ok(parse_session_page(
+            &fixture("retrieve_sessions_token.xml"),
+            false,
+        ));
         let s = &page.sessions[2];
         assert_eq!(s.user_agent, r#"Terraform/1.5.7 & "vsphere" <2.6>"#);
         assert_eq!(s.call_count, 98_765_432_101);
@@ -695,7 +722,10 @@ mod tests {
 
     #[test]
     fn missing_set_not_authenticated_is_reported_as_such() {
-        let page = ok(parse_session_page(&fixture("missing_set_not_authenticated.xml"), false));
+        let page = ok(parse_session_page(
+            &fixture("missing_set_not_authenticated.xml"),
+            false,
+        ));
         assert!(page.sessions.is_empty());
         let missing = page.missing.expect("the missingSet is reported");
         assert!(missing.is_not_authenticated(), "{missing:?}");
@@ -708,8 +738,7 @@ mod tests {
             reply,
             Reply::Fault(Fault {
                 fault: "InvalidLogin".into(),
-                message: "Cannot complete login due to an incorrect user name or password."
-                    .into(),
+                message: "Cannot complete login due to an incorrect user name or password.".into(),
             })
         );
     }
@@ -775,7 +804,11 @@ mod tests {
             b"\xff\xfe<\x00",
         ];
         for xml in cases {
-            assert!(parse_session_page(xml, false).is_err(), "{:?}", String::from_utf8_lossy(xml));
+            assert!(
+                parse_session_page(xml, false).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(xml)
+            );
             assert_eq!(parse_fault(xml), None);
         }
         let bad_count = String::from_utf8(fixture("continue_sessions.xml"))
