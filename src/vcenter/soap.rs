@@ -269,13 +269,14 @@ impl Document {
                             fault: String::new(),
                             message: String::new(),
                         });
-                    } else if matches_fault(body, &["detail", "*"]) {
-                        if let Some(f) = fault.as_mut().filter(|f| f.fault.is_empty()) {
-                            let local = &body[2].local;
-                            f.fault = xsi_type.clone().unwrap_or_else(|| {
-                                local.strip_suffix("Fault").unwrap_or(local).to_string()
-                            });
-                        }
+                    } else if matches_fault(body, &["detail", "*"])
+                        && let Some(f) = fault.as_mut().filter(|f| f.fault.is_empty())
+                    {
+                        // Prefer xsi:type; else the element name (`InvalidLoginFault`).
+                        let local = &body[2].local;
+                        f.fault = xsi_type.clone().unwrap_or_else(|| {
+                            local.strip_suffix("Fault").unwrap_or(local).to_string()
+                        });
                     }
                     let Some(rel) = response_path(body, response) else {
                         continue;
@@ -496,15 +497,35 @@ fn matches_fault(body: &[Elem], rest: &[&str]) -> bool {
 /// Local names below the vim25 `<response>` element, if `body` is inside it.
 /// Children are matched in vim25 or no namespace: they inherit the default
 /// namespace on real servers but are unqualified when a prefix is used.
-fn response_path<'a>(body: &'a [Elem], response: &str) -> Option<Vec<&'a str>> {
+fn response_path<'a>(body: &'a [Elem], response: &str) -> Option<RelPath<'a>> {
     let (first, rest) = body.split_first()?;
     if response.is_empty() || first.ns != Ns::Vim25 || first.local != response {
         return None;
     }
-    if rest.iter().any(|e| e.ns != Ns::Vim25 && e.ns != Ns::None) {
+    // Nothing of interest lies deeper than six levels below the response.
+    if rest.len() > 6 || rest.iter().any(|e| e.ns != Ns::Vim25 && e.ns != Ns::None) {
         return None;
     }
-    Some(rest.iter().map(|e| e.local.as_str()).collect())
+    let mut names = [""; 6];
+    for (name, e) in names.iter_mut().zip(rest) {
+        *name = e.local.as_str();
+    }
+    Some(RelPath {
+        names,
+        len: rest.len(),
+    })
+}
+
+/// Local names below the response element, without allocating per event.
+struct RelPath<'a> {
+    names: [&'a str; 6],
+    len: usize,
+}
+
+impl<'a> RelPath<'a> {
+    fn as_slice(&self) -> &[&'a str] {
+        &self.names[..self.len]
+    }
 }
 
 enum Step {
@@ -524,7 +545,10 @@ enum Step {
 /// elements (resolved names) and the current text.
 struct Parser<'x> {
     reader: NsReader<&'x [u8]>,
+    /// Open elements, outermost first.
     path: Vec<Elem>,
+    /// Names of elements closed earlier, kept to reuse their allocation.
+    spare: Vec<String>,
     text: String,
     /// The last step was a `Close`: pop its element before reading on.
     pop_pending: bool,
@@ -540,6 +564,7 @@ impl<'x> Parser<'x> {
         Parser {
             reader,
             path: Vec::with_capacity(16),
+            spare: Vec::with_capacity(16),
             text: String::new(),
             pop_pending: false,
             saw_envelope: false,
@@ -556,7 +581,9 @@ impl<'x> Parser<'x> {
     fn next(&mut self) -> Result<Option<Step>, ParseError> {
         if self.pop_pending {
             self.pop_pending = false;
-            self.path.pop();
+            if let Some(elem) = self.path.pop() {
+                self.spare.push(elem.local);
+            }
             self.text.clear();
         }
         loop {
@@ -566,9 +593,11 @@ impl<'x> Parser<'x> {
             };
             match event {
                 Event::Start(start) => {
-                    let local = std::str::from_utf8(start.local_name().into_inner())
-                        .map_err(|_| self.error("element name is not UTF-8"))?
-                        .to_string();
+                    let name = std::str::from_utf8(start.local_name().into_inner())
+                        .map_err(|_| self.error("element name is not UTF-8"))?;
+                    let mut local = self.spare.pop().unwrap_or_default();
+                    local.clear();
+                    local.push_str(name);
                     if self.path.is_empty() {
                         if ns != Ns::SoapEnv || local != "Envelope" {
                             return Err(self.error("the document is not a SOAP 1.1 envelope"));
