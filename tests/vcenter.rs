@@ -173,6 +173,31 @@ async fn a_session_terminated_from_outside_is_replaced_by_exactly_one_new_one() 
 }
 
 #[tokio::test]
+async fn concurrent_calls_after_a_termination_log_in_again_only_once() {
+    let sim = Vcsim::start(&[]);
+    let client = Arc::new(client(sim.url()));
+    let first = client.list_sessions().await.expect("sessions are listed");
+    let admin = sim.admin().await;
+    admin.terminate(&reporter_sessions(&first)[0].key).await;
+
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.list_sessions().await })
+        })
+        .collect();
+    for call in calls {
+        let sessions = call
+            .await
+            .expect("the task does not panic")
+            .expect("sessions are listed");
+        assert_eq!(reporter_sessions(&sessions).len(), 1);
+    }
+    assert_eq!(client.logins(), 2);
+    assert_eq!(admin.sessions_with_agent(REPORTER_AGENT).await.len(), 1);
+}
+
+#[tokio::test]
 async fn an_idle_expired_session_is_recovered_by_one_relogin() {
     let sim = Vcsim::start(&["-idle-timeout", "1s"]);
     let client = client(sim.url());

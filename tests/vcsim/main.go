@@ -61,17 +61,23 @@ func main() {
 	sdk := *server.URL
 	sdk.User = nil
 	for _, spec := range sessions {
-		parts := strings.Split(spec, ",")
-		count, err := strconv.Atoi(parts[len(parts)-1])
-		if len(parts) != 3 || err != nil || count < 0 {
+		// USER is up to the first comma and COUNT after the last, so an
+		// AGENT may hold commas.
+		first, last := strings.Index(spec, ","), strings.LastIndex(spec, ",")
+		if first < 0 || first == last {
 			log.Fatalf("-session %q: want USER,AGENT,COUNT", spec)
+		}
+		user, agent := spec[:first], spec[first+1:last]
+		count, err := strconv.Atoi(spec[last+1:])
+		if err != nil || count < 0 {
+			log.Fatalf("-session %q: COUNT must be a number >= 0", spec)
 		}
 		for i := 0; i < count; i++ {
 			sc := soap.NewClient(&sdk, true)
-			sc.UserAgent = parts[1]
+			sc.UserAgent = agent
 			c, err := vim25.NewClient(context.Background(), sc)
 			if err == nil {
-				err = session.NewManager(c).Login(context.Background(), url.UserPassword(parts[0], "vcsim-pass"))
+				err = session.NewManager(c).Login(context.Background(), url.UserPassword(user, "vcsim-pass"))
 			}
 			if err != nil {
 				log.Fatalf("-session %q: login: %s", spec, err)
