@@ -5,6 +5,14 @@
 //! itself (the Go exporter logged in on every scrape). API reference:
 //! <https://developer.broadcom.com/xapis/vsphere-web-services-api/latest/>
 //! (`SessionManager`, `PropertyCollector.RetrievePropertiesEx`).
+//!
+//! - [`client`]: [`VcenterClient`], the session lifecycle over HTTP.
+//! - [`soap`]: request envelopes and the streaming response parser.
+
+pub mod client;
+pub mod soap;
+
+pub use client::VcenterClient;
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,0 +1,549 @@
+//! [`VcenterClient`]: one long-lived vim25 session per vCenter.
+//!
+//! The client logs in on first use and reuses that session for every later
+//! call, so the reporter shows up as exactly one session in the list it
+//! reports. When the vCenter forgets the session (idle timeout, an admin's
+//! `TerminateSession`, a restart) it logs in again once and repeats the call.
+//! vCenter signals a dead session two ways, both handled: most methods answer
+//! HTTP 500 with a `NotAuthenticated` SOAP fault, but `RetrievePropertiesEx`
+//! answers HTTP 200 with the fault inside `missingSet`.
+//!
+//! The session cookie (`vmware_soap_session`) is managed by hand rather than
+//! by a cookie store so that which session a request uses is explicit. It is
+//! sent back quoted, as pyVmomi and govmomi do and as vCenter expects.
+//!
+//! API reference: <https://developer.broadcom.com/xapis/vsphere-web-services-api/latest/>
+//! (`SessionManager`, `PropertyCollector`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE, USER_AGENT};
+use tracing::{debug, info, warn};
+use url::Url;
+
+use super::soap::{self, Fault, Reply, ServiceContent, SessionPage};
+use super::{UserSession, VcenterConfig};
+use crate::error::{Error, truncate_body};
+use crate::secret::Secret;
+
+/// The session cookie vCenter (and vcsim) set on `Login`.
+const SESSION_COOKIE: &str = "vmware_soap_session";
+
+/// `SOAPAction` version used before the service content told us the real one.
+/// Any 6.x-8.x vCenter accepts it for `RetrieveServiceContent`.
+const DEFAULT_API_VERSION: &str = "8.0.1.0";
+
+/// Error bodies are cut to this many bytes.
+const MAX_ERROR_BODY: usize = 1024;
+
+/// A SOAP client for one vCenter holding one reused session. `Send + Sync`:
+/// share it behind an `Arc`.
+pub struct VcenterClient {
+    config: VcenterConfig,
+    /// `<url>/sdk`, without any user info.
+    endpoint: Url,
+    http: reqwest::Client,
+    /// The current session. The lock is held while logging in, so two tasks
+    /// never log in at the same time; calls themselves run without it.
+    state: tokio::sync::Mutex<State>,
+    logins: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Fetched once: the managed object references never change.
+    content: Option<Arc<ServiceContent>>,
+    session: Option<Arc<Session>>,
+    /// Counts logins; lets a caller that saw a dead session tell whether
+    /// another task has already replaced it.
+    generation: u64,
+}
+
+struct Session {
+    /// The cookie value: it authenticates as the reporter's user.
+    cookie: Secret,
+    content: Arc<ServiceContent>,
+    generation: u64,
+}
+
+/// A raw HTTP exchange.
+struct Exchange {
+    status: StatusCode,
+    body: Bytes,
+    session_cookie: Option<String>,
+}
+
+impl fmt::Debug for VcenterClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("VcenterClient")
+            .field("host", &self.config.host)
+            .field("endpoint", &self.endpoint.as_str())
+            .field("username", &self.config.username)
+            .field("logins", &self.logins())
+            .finish_non_exhaustive()
+    }
+}
+
+impl VcenterClient {
+    /// Builds the HTTP client (TLS settings, timeouts). No network I/O.
+    pub fn new(config: VcenterConfig) -> Result<Self, Error> {
+        let endpoint = sdk_endpoint(&config.url);
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .user_agent(config.user_agent.clone());
+        if let Some(path) = &config.ca_file {
+            let pem = std::fs::read(path).map_err(|source| Error::Io {
+                context: format!("reading the vCenter CA file {}", path.display()),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::Config(format!(
+                    "vCenter CA file {}: not a PEM certificate bundle: {e}",
+                    path.display()
+                ))
+            })?;
+            if certs.is_empty() {
+                return Err(Error::Config(format!(
+                    "vCenter CA file {}: holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if config.insecure {
+            warn!(
+                vcenter = %config.host,
+                "TLS certificate verification is off for this vCenter"
+            );
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().map_err(|e| {
+            Error::Config(format!(
+                "vCenter {}: cannot build the HTTP client{}: {}",
+                config.host,
+                config
+                    .ca_file
+                    .as_ref()
+                    .map(|p| format!(" with CA file {}", p.display()))
+                    .unwrap_or_default(),
+                error_chain(&e)
+            ))
+        })?;
+        Ok(VcenterClient {
+            config,
+            endpoint,
+            http,
+            state: tokio::sync::Mutex::new(State::default()),
+            logins: AtomicU64::new(0),
+        })
+    }
+
+    /// The `vcenter` label value (config.host).
+    pub fn host(&self) -> &str {
+        &self.config.host
+    }
+
+    /// Successful logins since start (1 in a steady state).
+    pub fn logins(&self) -> u64 {
+        self.logins.load(Ordering::Relaxed)
+    }
+
+    /// Lists every session open on the vCenter, the reporter's own included.
+    /// Logs in lazily on first use, then reuses that one session every call;
+    /// a session the vCenter no longer knows is replaced once per call.
+    pub async fn list_sessions(&self) -> Result<Vec<UserSession>, Error> {
+        let session = self.session(None).await?;
+        match self.retrieve_all(&session).await {
+            Err(Error::NotAuthenticated { .. }) => {
+                warn!(
+                    vcenter = %self.config.host,
+                    user = %self.config.username,
+                    "vCenter session expired, logging in again"
+                );
+                let renewed = self.session(Some(session.generation)).await?;
+                self.retrieve_all(&renewed).await
+            }
+            other => other,
+        }
+    }
+
+    /// Logs out if logged in (no-op otherwise). Called on shutdown.
+    pub async fn logout(&self) -> Result<(), Error> {
+        let mut state = self.state.lock().await;
+        let Some(session) = state.session.take() else {
+            return Ok(());
+        };
+        let exchange = self
+            .call(
+                "Logout",
+                &session.content.api_version,
+                Some(&session.cookie),
+                soap::logout(&session.content.session_manager),
+            )
+            .await?;
+        match self.reply(exchange, soap::parse_logout) {
+            // Already gone: that is what we wanted.
+            Ok(()) | Err(Error::NotAuthenticated { .. }) => {
+                info!(vcenter = %self.config.host, "Logged out of vCenter");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The current session, logging in when there is none or when the caller
+    /// found session `stale` dead (unless another task already replaced it).
+    async fn session(&self, stale: Option<u64>) -> Result<Arc<Session>, Error> {
+        let mut state = self.state.lock().await;
+        if let Some(current) = &state.session
+            && Some(current.generation) != stale
+        {
+            return Ok(current.clone());
+        }
+        state.session = None;
+        let content = match &state.content {
+            Some(content) => content.clone(),
+            None => {
+                let content = Arc::new(self.retrieve_service_content().await?);
+                state.content = Some(content.clone());
+                content
+            }
+        };
+        let cookie = self.login(&content).await?;
+        state.generation += 1;
+        let session = Arc::new(Session {
+            cookie,
+            content,
+            generation: state.generation,
+        });
+        state.session = Some(session.clone());
+        self.logins.fetch_add(1, Ordering::Relaxed);
+        info!(
+            vcenter = %self.config.host,
+            user = %self.config.username,
+            "Logged in to vCenter"
+        );
+        Ok(session)
+    }
+
+    async fn retrieve_service_content(&self) -> Result<ServiceContent, Error> {
+        let exchange = self
+            .call(
+                "RetrieveServiceContent",
+                DEFAULT_API_VERSION,
+                None,
+                soap::retrieve_service_content(),
+            )
+            .await?;
+        let mut content = self.reply(exchange, soap::parse_service_content)?;
+        if content.api_version.is_empty() {
+            content.api_version = DEFAULT_API_VERSION.to_string();
+        }
+        Ok(content)
+    }
+
+    async fn login(&self, content: &ServiceContent) -> Result<Secret, Error> {
+        let body = soap::login(
+            &content.session_manager,
+            &self.config.username,
+            self.config.password.expose(),
+        );
+        let exchange = self.call("Login", &content.api_version, None, body).await?;
+        let cookie = exchange.session_cookie.clone();
+        let refused = |message: String| Error::VcenterLogin {
+            host: self.config.host.clone(),
+            user: self.config.username.clone(),
+            message,
+        };
+        match self.reply(exchange, soap::parse_login) {
+            Ok(()) => {}
+            Err(Error::SoapFault { fault, message, .. }) => {
+                return Err(refused(if message.is_empty() {
+                    fault
+                } else {
+                    format!("{fault}: {message}")
+                }));
+            }
+            Err(Error::NotAuthenticated { .. }) => {
+                return Err(refused("NotAuthenticated".into()));
+            }
+            Err(e) => return Err(e),
+        }
+        match cookie {
+            Some(cookie) if !cookie.is_empty() => Ok(Secret::new(cookie)),
+            _ => Err(refused(format!(
+                "the Login response set no {SESSION_COOKIE} cookie"
+            ))),
+        }
+    }
+
+    /// Every page of `sessionList` with one session.
+    async fn retrieve_all(&self, session: &Session) -> Result<Vec<UserSession>, Error> {
+        let content = &session.content;
+        let mut page = self
+            .retrieve_page(
+                session,
+                "RetrievePropertiesEx",
+                soap::retrieve_session_list(&content.property_collector, &content.session_manager),
+            )
+            .await?;
+        let mut sessions = std::mem::take(&mut page.sessions);
+        let mut pages = 1;
+        while let Some(token) = page.token.take() {
+            if pages >= soap::MAX_PAGES {
+                return Err(Error::SoapParse {
+                    host: self.config.host.clone(),
+                    message: format!(
+                        "the session list did not end after {} pages",
+                        soap::MAX_PAGES
+                    ),
+                });
+            }
+            page = self
+                .retrieve_page(
+                    session,
+                    "ContinueRetrievePropertiesEx",
+                    soap::continue_retrieve(&content.property_collector, &token),
+                )
+                .await?;
+            sessions.append(&mut page.sessions);
+            pages += 1;
+        }
+        Ok(sessions)
+    }
+
+    async fn retrieve_page(
+        &self,
+        session: &Session,
+        method: &'static str,
+        body: String,
+    ) -> Result<SessionPage, Error> {
+        let continued = method == "ContinueRetrievePropertiesEx";
+        let exchange = self
+            .call(
+                method,
+                &session.content.api_version,
+                Some(&session.cookie),
+                body,
+            )
+            .await?;
+        let page = self.reply(exchange, |xml| soap::parse_session_page(xml, continued))?;
+        match &page.missing {
+            None => Ok(page),
+            Some(fault) => Err(self.fault_error(fault.clone())),
+        }
+    }
+
+    /// One SOAP request. Fails only when no complete response arrived.
+    async fn call(
+        &self,
+        method: &'static str,
+        api_version: &str,
+        cookie: Option<&Secret>,
+        body: String,
+    ) -> Result<Exchange, Error> {
+        let started = Instant::now();
+        let mut request = self
+            .http
+            .post(self.endpoint.clone())
+            .header(CONTENT_TYPE, "text/xml; charset=utf-8")
+            .header(USER_AGENT, self.config.user_agent.as_str())
+            .header("SOAPAction", format!("\"urn:vim25/{api_version}\""))
+            .body(body);
+        if let Some(cookie) = cookie {
+            let mut value =
+                HeaderValue::from_str(&format!("{SESSION_COOKIE}=\"{}\"", cookie.expose()))
+                    .map_err(|_| Error::SoapParse {
+                        host: self.config.host.clone(),
+                        message: "the session cookie holds characters a header cannot carry".into(),
+                    })?;
+            value.set_sensitive(true);
+            request = request.header(COOKIE, value);
+        }
+        let http_error = |e: reqwest::Error| Error::VcenterHttp {
+            host: self.config.host.clone(),
+            message: self.redact(&describe(&e, method, self.config.timeout)),
+        };
+        let response = request.send().await.map_err(http_error)?;
+        let status = response.status();
+        let session_cookie = response
+            .headers()
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(session_cookie_value);
+        let body = response.bytes().await.map_err(http_error)?;
+        debug!(
+            vcenter = %self.config.host,
+            method,
+            status = status.as_u16(),
+            bytes = body.len(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "SOAP request"
+        );
+        Ok(Exchange {
+            status,
+            body,
+            session_cookie,
+        })
+    }
+
+    /// Turns a response into the method's result or the matching error.
+    fn reply<T>(
+        &self,
+        exchange: Exchange,
+        parse: impl FnOnce(&[u8]) -> Result<Reply<T>, soap::ParseError>,
+    ) -> Result<T, Error> {
+        match exchange.status {
+            StatusCode::OK => match parse(&exchange.body) {
+                Ok(Reply::Ok(value)) => Ok(value),
+                Ok(Reply::Fault(fault)) => Err(self.fault_error(fault)),
+                Err(e) => Err(Error::SoapParse {
+                    host: self.config.host.clone(),
+                    message: e.to_string(),
+                }),
+            },
+            // SOAP 1.1 sends faults with 500; anything else there is an HTTP error.
+            StatusCode::INTERNAL_SERVER_ERROR => match soap::parse_fault(&exchange.body) {
+                Some(fault) => Err(self.fault_error(fault)),
+                None => Err(self.status_error(&exchange)),
+            },
+            _ => Err(self.status_error(&exchange)),
+        }
+    }
+
+    fn fault_error(&self, fault: Fault) -> Error {
+        if fault.is_not_authenticated() {
+            return Error::NotAuthenticated {
+                host: self.config.host.clone(),
+            };
+        }
+        Error::SoapFault {
+            host: self.config.host.clone(),
+            fault: self.redact(&fault.fault),
+            message: self.redact(&fault.message),
+        }
+    }
+
+    fn status_error(&self, exchange: &Exchange) -> Error {
+        let body = String::from_utf8_lossy(&exchange.body);
+        Error::VcenterStatus {
+            host: self.config.host.clone(),
+            status: exchange.status.as_u16(),
+            body: truncate_body(&self.redact(body.trim()), MAX_ERROR_BODY),
+        }
+    }
+
+    /// Removes the password from text a server sent back, in case it echoes
+    /// the request: errors end up in logs.
+    fn redact(&self, text: &str) -> String {
+        let password = self.config.password.expose();
+        if password.is_empty() || !text.contains(password) {
+            return text.to_string();
+        }
+        text.replace(password, "<redacted>")
+    }
+}
+
+/// `<url>/sdk` without user info; a URL already ending in `/sdk` is kept.
+fn sdk_endpoint(url: &Url) -> Url {
+    let mut endpoint = url.clone();
+    let _ = endpoint.set_username("");
+    let _ = endpoint.set_password(None);
+    endpoint.set_query(None);
+    endpoint.set_fragment(None);
+    let path = endpoint.path().trim_end_matches('/').to_string();
+    if path.ends_with("/sdk") {
+        endpoint.set_path(&path);
+    } else {
+        endpoint.set_path(&format!("{path}/sdk"));
+    }
+    endpoint
+}
+
+/// The value of `vmware_soap_session` in one `Set-Cookie` header, quoted
+/// (`vmware_soap_session="52a1..."; Path=/; HttpOnly; Secure`, vCenter) or not
+/// (`vmware_soap_session=7c1e...; HttpOnly`, vcsim).
+fn session_cookie_value(header: &str) -> Option<String> {
+    let pair = header.split(';').next()?;
+    let (name, value) = pair.split_once('=')?;
+    if name.trim() != SESSION_COOKIE {
+        return None;
+    }
+    let value = value.trim();
+    let value = value
+        .strip_prefix('"')
+        .and_then(|v| v.strip_suffix('"'))
+        .unwrap_or(value);
+    Some(value.to_string())
+}
+
+/// A request error with its causes ("...: invalid peer certificate:
+/// UnknownIssuer"): reqwest's own message alone hides what went wrong.
+fn describe(err: &reqwest::Error, method: &str, timeout: Duration) -> String {
+    if err.is_timeout() {
+        return format!(
+            "{method}: no response within {}",
+            humantime::format_duration(timeout)
+        );
+    }
+    format!("{method}: {}", error_chain(err))
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_cookie_is_read_quoted_or_not() {
+        assert_eq!(
+            session_cookie_value(r#"vmware_soap_session="52ab-cd"; Path=/; HttpOnly; Secure"#),
+            Some("52ab-cd".to_string())
+        );
+        assert_eq!(
+            session_cookie_value("vmware_soap_session=7c1e; HttpOnly"),
+            Some("7c1e".to_string())
+        );
+        assert_eq!(session_cookie_value("other=1; Path=/"), None);
+    }
+
+    #[test]
+    fn sdk_endpoint_appends_sdk_once_and_drops_user_info() {
+        let url = |s: &str| sdk_endpoint(&Url::parse(s).expect("test URL is valid"));
+        assert_eq!(
+            url("https://vc.example.com").as_str(),
+            "https://vc.example.com/sdk"
+        );
+        assert_eq!(
+            url("https://vc.example.com/sdk/").as_str(),
+            "https://vc.example.com/sdk"
+        );
+        assert_eq!(
+            url("https://u:p@vc.example.com:8443/").as_str(),
+            "https://vc.example.com:8443/sdk"
+        );
+    }
+}

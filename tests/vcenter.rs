@@ -1,0 +1,773 @@
+//! The vCenter client against a real vCenter simulator (vcsim) and against a
+//! stub HTTP server that misbehaves on purpose.
+//!
+//! vcsim must be built first: `scripts/build-vcsim.sh` (scripts/test.sh does it).
+
+#[path = "support/vcsim.rs"]
+mod vcsim;
+
+use std::collections::BTreeMap;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use url::Url;
+use vsphere_ci_session_metrics::Error;
+use vsphere_ci_session_metrics::correlate::normalize_username;
+use vsphere_ci_session_metrics::secret::Secret;
+use vsphere_ci_session_metrics::vcenter::{UserSession, VcenterClient, VcenterConfig};
+
+use vcsim::Vcsim;
+
+const REPORTER_AGENT: &str = "vsphere-ci-session-metrics/test";
+const REPORTER_USER: &str = "reporter@vsphere.local";
+const PASSWORD: &str = "s3cret-Pa55";
+
+fn config(url: &Url, user: &str, password: &str) -> VcenterConfig {
+    VcenterConfig {
+        url: url.clone(),
+        host: url.host_str().unwrap_or_default().to_string(),
+        username: user.to_string(),
+        password: Secret::new(password),
+        user_agent: REPORTER_AGENT.to_string(),
+        ca_file: None,
+        insecure: false,
+        timeout: Duration::from_secs(10),
+    }
+}
+
+fn client(url: &Url) -> VcenterClient {
+    VcenterClient::new(config(url, REPORTER_USER, PASSWORD)).expect("the client builds")
+}
+
+fn reporter_sessions(list: &[UserSession]) -> Vec<&UserSession> {
+    list.iter()
+        .filter(|s| s.user_agent == REPORTER_AGENT)
+        .collect()
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes.
+async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Against vcsim
+
+#[tokio::test]
+async fn sessions_are_counted_exactly_per_user_and_agent() {
+    let sim = Vcsim::start(&[
+        "-session",
+        "ci-user-1@vsphere.local,openshift-install/4.16,3",
+        "-session",
+        r"VSPHERE.LOCAL\ci-user-1,terraform/1.5,2",
+        "-session",
+        "ci-user-2@vsphere.local,openshift-install/4.16,1",
+    ]);
+    // Sessions opened after start count as well.
+    let _a = sim.login(r"VSPHERE.LOCAL\ci-user-3", "ccoctl").await;
+    let _b = sim.login(r"VSPHERE.LOCAL\ci-user-3", "ccoctl").await;
+
+    let client = client(sim.url());
+    let sessions = client.list_sessions().await.expect("sessions are listed");
+
+    let mut counts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for s in &sessions {
+        *counts
+            .entry((s.user_name.clone(), s.user_agent.clone()))
+            .or_default() += 1;
+    }
+    let expected: BTreeMap<(String, String), usize> = [
+        ("ci-user-1@vsphere.local", "openshift-install/4.16", 3),
+        (r"VSPHERE.LOCAL\ci-user-1", "terraform/1.5", 2),
+        ("ci-user-2@vsphere.local", "openshift-install/4.16", 1),
+        (r"VSPHERE.LOCAL\ci-user-3", "ccoctl", 2),
+        (REPORTER_USER, REPORTER_AGENT, 1),
+    ]
+    .into_iter()
+    .map(|(u, a, n)| ((u.to_string(), a.to_string()), n))
+    .collect();
+    assert_eq!(counts, expected);
+
+    // Both name forms of ci-user-1 are the same user once normalised.
+    let ci_user_1 = sessions
+        .iter()
+        .filter(|s| normalize_username(&s.user_name) == "ci-user-1")
+        .count();
+    assert_eq!(ci_user_1, 5);
+
+    // Every field a user sees is filled in.
+    for s in &sessions {
+        assert!(!s.key.is_empty() && !s.login_time.is_empty(), "{s:?}");
+        assert_eq!(s.ip_address, "127.0.0.1");
+        assert!(s.call_count >= 1, "{s:?}");
+    }
+}
+
+#[tokio::test]
+async fn many_list_calls_use_exactly_one_reporter_session() {
+    let sim = Vcsim::start(&[]);
+    let client = client(sim.url());
+    for call in 0..20 {
+        let sessions = client.list_sessions().await.expect("sessions are listed");
+        assert_eq!(reporter_sessions(&sessions).len(), 1, "call {call}");
+    }
+    assert_eq!(client.logins(), 1);
+    let admin = sim.admin().await;
+    assert_eq!(admin.sessions_with_agent(REPORTER_AGENT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_first_calls_log_in_only_once() {
+    let sim = Vcsim::start(&[]);
+    let client = Arc::new(client(sim.url()));
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.list_sessions().await })
+        })
+        .collect();
+    for call in calls {
+        call.await
+            .expect("the task does not panic")
+            .expect("sessions are listed");
+    }
+    assert_eq!(client.logins(), 1);
+    let admin = sim.admin().await;
+    assert_eq!(admin.sessions_with_agent(REPORTER_AGENT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_session_terminated_from_outside_is_replaced_by_exactly_one_new_one() {
+    let sim = Vcsim::start(&[]);
+    let client = client(sim.url());
+    let first = client.list_sessions().await.expect("sessions are listed");
+    let old_key = reporter_sessions(&first)[0].key.clone();
+
+    let admin = sim.admin().await;
+    admin.terminate(&old_key).await;
+    assert!(admin.sessions_with_agent(REPORTER_AGENT).await.is_empty());
+
+    let second = client.list_sessions().await.expect("listed after re-login");
+    let mine = reporter_sessions(&second);
+    assert_eq!(mine.len(), 1);
+    assert_ne!(mine[0].key, old_key);
+    assert_eq!(client.logins(), 2);
+
+    // The new session is reused from then on.
+    client.list_sessions().await.expect("sessions are listed");
+    assert_eq!(client.logins(), 2);
+    assert_eq!(admin.sessions_with_agent(REPORTER_AGENT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn concurrent_calls_after_a_termination_log_in_again_only_once() {
+    let sim = Vcsim::start(&[]);
+    let client = Arc::new(client(sim.url()));
+    let first = client.list_sessions().await.expect("sessions are listed");
+    let admin = sim.admin().await;
+    admin.terminate(&reporter_sessions(&first)[0].key).await;
+
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.list_sessions().await })
+        })
+        .collect();
+    for call in calls {
+        let sessions = call
+            .await
+            .expect("the task does not panic")
+            .expect("sessions are listed");
+        assert_eq!(reporter_sessions(&sessions).len(), 1);
+    }
+    assert_eq!(client.logins(), 2);
+    assert_eq!(admin.sessions_with_agent(REPORTER_AGENT).await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_idle_expired_session_is_recovered_by_one_relogin() {
+    let sim = Vcsim::start(&["-idle-timeout", "1s"]);
+    let client = client(sim.url());
+    client.list_sessions().await.expect("sessions are listed");
+    assert_eq!(client.logins(), 1);
+
+    // The admin polls often enough to stay alive itself.
+    let admin = sim.admin().await;
+    wait_until(
+        "vcsim to expire the idle reporter session",
+        Duration::from_secs(10),
+        || async { admin.sessions_with_agent(REPORTER_AGENT).await.is_empty() },
+    )
+    .await;
+
+    let sessions = client.list_sessions().await.expect("listed after re-login");
+    assert_eq!(reporter_sessions(&sessions).len(), 1);
+    assert_eq!(client.logins(), 2);
+}
+
+#[tokio::test]
+async fn logout_on_shutdown_removes_the_reporter_session() {
+    let sim = Vcsim::start(&[]);
+    let client = client(sim.url());
+    // Before any call there is nothing to log out of.
+    client
+        .logout()
+        .await
+        .expect("logout without a session is a no-op");
+    client.list_sessions().await.expect("sessions are listed");
+    let admin = sim.admin().await;
+    assert_eq!(admin.sessions_with_agent(REPORTER_AGENT).await.len(), 1);
+
+    client.logout().await.expect("logout succeeds");
+    assert!(admin.sessions_with_agent(REPORTER_AGENT).await.is_empty());
+    client.logout().await.expect("a second logout is a no-op");
+    assert_eq!(client.logins(), 1);
+}
+
+#[tokio::test]
+async fn a_password_with_xml_special_characters_logs_in() {
+    let sim = Vcsim::start(&[]);
+    let password = r#"p<a&s's"w>rd"#;
+    let client =
+        VcenterClient::new(config(sim.url(), REPORTER_USER, password)).expect("the client builds");
+    let sessions = client.list_sessions().await.expect("login succeeds");
+    assert_eq!(reporter_sessions(&sessions)[0].user_name, REPORTER_USER);
+}
+
+#[tokio::test]
+async fn an_empty_password_is_a_login_error_not_a_panic() {
+    let sim = Vcsim::start(&[]);
+    let client =
+        VcenterClient::new(config(sim.url(), REPORTER_USER, "")).expect("the client builds");
+    match client.list_sessions().await {
+        Err(Error::VcenterLogin { user, message, .. }) => {
+            assert_eq!(user, REPORTER_USER);
+            assert!(message.contains("InvalidLogin"), "{message}");
+        }
+        other => panic!("expected a login error, got {other:?}"),
+    }
+    assert_eq!(client.logins(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// TLS
+
+/// A CA and a server certificate for 127.0.0.1 signed by it (2048-bit RSA:
+/// rustls refuses vcsim's built-in 1024-bit key).
+struct Certs {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("openssl is needed for the TLS tests (apt-get install openssl): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn make_certs() -> Certs {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let d = dir.path();
+    std::fs::write(
+        d.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write the extension file");
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=vcsim test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    );
+    Certs {
+        ca: d.join("ca.pem"),
+        cert: d.join("server.pem"),
+        key: d.join("server.key"),
+        _dir: dir,
+    }
+}
+
+fn start_tls(certs: &Certs) -> Vcsim {
+    let cert = certs.cert.to_str().expect("UTF-8 temp path");
+    let key = certs.key.to_str().expect("UTF-8 temp path");
+    let sim = Vcsim::start(&["-tls-cert", cert, "-tls-key", key]);
+    assert_eq!(sim.url().scheme(), "https");
+    sim
+}
+
+#[tokio::test]
+async fn tls_with_the_ca_file_verifies_the_vcenter() {
+    let certs = make_certs();
+    let sim = start_tls(&certs);
+    let mut cfg = config(sim.url(), REPORTER_USER, PASSWORD);
+    cfg.ca_file = Some(certs.ca.clone());
+    let client = VcenterClient::new(cfg).expect("the client builds");
+    let sessions = client.list_sessions().await.expect("TLS with the CA works");
+    assert_eq!(reporter_sessions(&sessions).len(), 1);
+}
+
+#[tokio::test]
+async fn tls_with_an_unknown_ca_fails_with_a_certificate_error() {
+    let certs = make_certs();
+    let sim = start_tls(&certs);
+    let client = client(sim.url());
+    match client.list_sessions().await {
+        Err(Error::VcenterHttp { message, .. }) => {
+            let lower = message.to_lowercase();
+            assert!(
+                lower.contains("certificate") || lower.contains("tls"),
+                "{message}"
+            );
+            assert!(!message.contains(PASSWORD));
+        }
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn tls_insecure_skips_verification() {
+    let certs = make_certs();
+    let sim = start_tls(&certs);
+    let mut cfg = config(sim.url(), REPORTER_USER, PASSWORD);
+    cfg.insecure = true;
+    let client = VcenterClient::new(cfg).expect("the client builds");
+    client.list_sessions().await.expect("insecure TLS works");
+}
+
+#[test]
+fn a_bad_ca_file_is_refused_at_construction_naming_the_file() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let url = Url::parse("https://vc.example.com").expect("valid URL");
+
+    let missing = dir.path().join("missing.pem");
+    let mut cfg = config(&url, REPORTER_USER, PASSWORD);
+    cfg.ca_file = Some(missing.clone());
+    let err = VcenterClient::new(cfg).expect_err("a missing CA file is an error");
+    assert!(matches!(err, Error::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+
+    let garbage = dir.path().join("garbage.pem");
+    std::fs::write(&garbage, "this is not a certificate\n").expect("write");
+    let mut cfg = config(&url, REPORTER_USER, PASSWORD);
+    cfg.ca_file = Some(garbage);
+    let err = VcenterClient::new(cfg).expect_err("a file without certificates is an error");
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(err.to_string().contains("garbage.pem"), "{err}");
+}
+
+// ---------------------------------------------------------------------------
+// Against a stub that misbehaves
+
+fn fixture(name: &str) -> String {
+    let path = format!("{}/tests/fixtures/soap/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
+}
+
+/// What the stub saw of one request.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: &'static str,
+    soap_action: String,
+    cookie: String,
+    user_agent: String,
+    content_type: String,
+}
+
+#[derive(Default)]
+struct StubState {
+    /// Scripted answers per method; Login and RetrieveServiceContent answer
+    /// normally once theirs run out.
+    script: BTreeMap<&'static str, VecDeque<(u16, String)>>,
+    logins: usize,
+    seen: Vec<Seen>,
+}
+
+type Stub = Arc<Mutex<StubState>>;
+
+const METHODS: [&str; 5] = [
+    "RetrieveServiceContent",
+    "Login",
+    "ContinueRetrievePropertiesEx",
+    "RetrievePropertiesEx",
+    "Logout",
+];
+
+async fn stub_handler(State(stub): State<Stub>, headers: HeaderMap, body: String) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let method = METHODS
+        .iter()
+        .find(|m| body.contains(&format!("<{m} ")))
+        .copied()
+        .unwrap_or("unknown");
+    let mut state = stub.lock().expect("stub lock is not poisoned");
+    state.seen.push(Seen {
+        method,
+        soap_action: header("soapaction"),
+        cookie: header("cookie"),
+        user_agent: header("user-agent"),
+        content_type: header("content-type"),
+    });
+    let scripted = state.script.get_mut(method).and_then(|q| q.pop_front());
+    let (status, text) = match (scripted, method) {
+        (Some(answer), _) => answer,
+        (None, "RetrieveServiceContent") => (200, fixture("service_content.xml")),
+        (None, "Login") => (200, fixture("login.xml")),
+        (None, _) => (500, format!("no scripted answer for {method}")),
+    };
+    let status = StatusCode::from_u16(status).expect("scripted status is valid");
+    let mut response =
+        (status, [("content-type", "text/xml; charset=utf-8")], text).into_response();
+    if method == "Login" && status == StatusCode::OK {
+        state.logins += 1;
+        // Real vCenter's form: quoted value, Path, HttpOnly, Secure.
+        let cookie = format!(
+            "vmware_soap_session=\"stub-cookie-{}\"; Path=/; HttpOnly; Secure",
+            state.logins
+        );
+        response.headers_mut().insert(
+            "set-cookie",
+            cookie.parse().expect("the cookie is a valid header"),
+        );
+    }
+    response
+}
+
+async fn start_stub(script: Vec<(&'static str, u16, String)>) -> (Url, Stub) {
+    let mut state = StubState::default();
+    for (method, status, body) in script {
+        state
+            .script
+            .entry(method)
+            .or_default()
+            .push_back((status, body));
+    }
+    let stub: Stub = Arc::new(Mutex::new(state));
+    let app = axum::Router::new()
+        .route("/sdk", axum::routing::post(stub_handler))
+        .with_state(stub.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let url = Url::parse(&format!("http://{addr}")).expect("valid URL");
+    (url, stub)
+}
+
+fn seen(stub: &Stub) -> Vec<Seen> {
+    stub.lock().expect("stub lock is not poisoned").seen.clone()
+}
+
+#[tokio::test]
+async fn malformed_xml_is_a_parse_error() {
+    let (url, _stub) = start_stub(vec![(
+        "RetrieveServiceContent",
+        200,
+        "<soapenv:Envelope xmlns:soapenv=\"http://schemas.xmlsoap.org/soap/envelope/\"><soapenv:Body><oops>"
+            .to_string(),
+    )])
+    .await;
+    let err = client(&url).list_sessions().await.expect_err("malformed");
+    assert!(matches!(err, Error::SoapParse { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn http_503_is_a_status_error_carrying_the_body() {
+    let body = "Service Unavailable: the session limit is reached".to_string();
+    let (url, _stub) = start_stub(vec![("RetrieveServiceContent", 503, body.clone())]).await;
+    match client(&url).list_sessions().await {
+        Err(Error::VcenterStatus {
+            status, body: got, ..
+        }) => {
+            assert_eq!(status, 503);
+            assert_eq!(got, body);
+        }
+        other => panic!("expected a status error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_long_error_body_is_cut_to_one_kibibyte() {
+    let body = "x".repeat(5000);
+    let (url, _stub) = start_stub(vec![("RetrieveServiceContent", 502, body)]).await;
+    match client(&url).list_sessions().await {
+        Err(Error::VcenterStatus { status, body, .. }) => {
+            assert_eq!(status, 502);
+            assert!(body.len() < 1100, "{} bytes", body.len());
+        }
+        other => panic!("expected a status error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn http_500_without_a_fault_is_a_status_error() {
+    let (url, _stub) = start_stub(vec![(
+        "Login",
+        500,
+        "<html><body>Internal Server Error</body></html>".to_string(),
+    )])
+    .await;
+    match client(&url).list_sessions().await {
+        Err(Error::VcenterStatus { status, body, .. }) => {
+            assert_eq!(status, 500);
+            assert!(body.contains("Internal Server Error"), "{body}");
+        }
+        other => panic!("expected a status error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn another_fault_is_reported_with_its_type_and_message() {
+    let fault = fixture("not_authenticated_fault.xml")
+        .replace("NotAuthenticated", "NoPermission")
+        .replace(
+            "The session is not authenticated.",
+            "Permission to perform this operation was denied.",
+        );
+    let (url, _stub) = start_stub(vec![("RetrievePropertiesEx", 500, fault)]).await;
+    match client(&url).list_sessions().await {
+        Err(Error::SoapFault { fault, message, .. }) => {
+            assert_eq!(fault, "NoPermission");
+            assert_eq!(message, "Permission to perform this operation was denied.");
+        }
+        other => panic!("expected a SOAP fault, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn missing_set_not_authenticated_relogs_in_once_and_follows_the_token() {
+    let (url, stub) = start_stub(vec![
+        (
+            "RetrievePropertiesEx",
+            200,
+            fixture("missing_set_not_authenticated.xml"),
+        ),
+        (
+            "RetrievePropertiesEx",
+            200,
+            fixture("retrieve_sessions_token.xml"),
+        ),
+        (
+            "ContinueRetrievePropertiesEx",
+            200,
+            fixture("continue_sessions.xml"),
+        ),
+    ])
+    .await;
+    let client = client(&url);
+    let sessions = client.list_sessions().await.expect("listed after re-login");
+    let users: Vec<&str> = sessions.iter().map(|s| s.user_name.as_str()).collect();
+    assert_eq!(
+        users,
+        [
+            r"VSPHERE.LOCAL\ci-user-1",
+            "ci-user-2@vsphere.local",
+            r"VSPHERE.LOCAL\vpxd-extension-1",
+            r"VSPHERE.LOCAL\ci-user-3",
+        ]
+    );
+    assert_eq!(client.logins(), 2);
+
+    let seen = seen(&stub);
+    let methods: Vec<&str> = seen.iter().map(|s| s.method).collect();
+    assert_eq!(
+        methods,
+        [
+            "RetrieveServiceContent",
+            "Login",
+            "RetrievePropertiesEx",
+            "Login",
+            "RetrievePropertiesEx",
+            "ContinueRetrievePropertiesEx",
+        ]
+    );
+    // The session cookie goes back quoted, the newest one after a re-login.
+    assert_eq!(seen[2].cookie, "vmware_soap_session=\"stub-cookie-1\"");
+    assert_eq!(seen[4].cookie, "vmware_soap_session=\"stub-cookie-2\"");
+    assert_eq!(seen[5].cookie, "vmware_soap_session=\"stub-cookie-2\"");
+    assert_eq!(seen[0].cookie, "");
+    for s in &seen {
+        assert_eq!(s.user_agent, REPORTER_AGENT);
+        assert_eq!(s.content_type, "text/xml; charset=utf-8");
+    }
+    // After the service content, SOAPAction carries its apiVersion.
+    assert!(seen[0].soap_action.starts_with("\"urn:vim25/"), "{seen:?}");
+    assert_eq!(seen[1].soap_action, "\"urn:vim25/8.0.3.0\"");
+    assert_eq!(seen[5].soap_action, "\"urn:vim25/8.0.3.0\"");
+}
+
+#[tokio::test]
+async fn http_500_not_authenticated_relogs_in_once() {
+    let (url, _stub) = start_stub(vec![
+        (
+            "RetrievePropertiesEx",
+            500,
+            fixture("not_authenticated_fault.xml"),
+        ),
+        (
+            "RetrievePropertiesEx",
+            200,
+            fixture("retrieve_sessions_token.xml"),
+        ),
+        (
+            "ContinueRetrievePropertiesEx",
+            200,
+            fixture("continue_sessions.xml"),
+        ),
+    ])
+    .await;
+    let client = client(&url);
+    let sessions = client.list_sessions().await.expect("listed after re-login");
+    assert_eq!(sessions.len(), 4);
+    assert_eq!(client.logins(), 2);
+}
+
+#[tokio::test]
+async fn a_second_not_authenticated_in_a_row_is_an_error() {
+    let (url, stub) = start_stub(vec![
+        (
+            "RetrievePropertiesEx",
+            200,
+            fixture("missing_set_not_authenticated.xml"),
+        ),
+        (
+            "RetrievePropertiesEx",
+            200,
+            fixture("missing_set_not_authenticated.xml"),
+        ),
+    ])
+    .await;
+    let client = client(&url);
+    let err = client
+        .list_sessions()
+        .await
+        .expect_err("still not authenticated");
+    assert!(matches!(err, Error::NotAuthenticated { .. }), "{err:?}");
+    assert_eq!(client.logins(), 2);
+    assert_eq!(stub.lock().expect("not poisoned").logins, 2);
+}
+
+#[tokio::test]
+async fn a_vcenter_that_never_answers_times_out() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind a loopback port");
+    let addr = listener.local_addr().expect("a bound address");
+    // Accept connections and never answer.
+    let hold = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    let url = Url::parse(&format!("http://{addr}")).expect("valid URL");
+    let mut cfg = config(&url, REPORTER_USER, PASSWORD);
+    cfg.timeout = Duration::from_millis(300);
+    let client = VcenterClient::new(cfg).expect("the client builds");
+    let started = Instant::now();
+    match client.list_sessions().await {
+        Err(Error::VcenterHttp { message, .. }) => {
+            assert!(message.contains("no response within 300ms"), "{message}");
+            assert!(!message.contains(PASSWORD));
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(5));
+    hold.abort();
+}
+
+#[tokio::test]
+async fn an_unreachable_vcenter_is_an_http_error_without_the_password() {
+    // Bind then drop, so nothing listens on the port.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let url = Url::parse(&format!("http://{addr}")).expect("valid URL");
+    let client = client(&url);
+    let err = client.list_sessions().await.expect_err("nothing listens");
+    assert!(matches!(err, Error::VcenterHttp { .. }), "{err:?}");
+    assert!(!format!("{err} {err:?} {client:?}").contains(PASSWORD));
+}
