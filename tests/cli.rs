@@ -1,0 +1,756 @@
+//! The built binary run as a process, end to end, against real peers: vcsim
+//! for vCenter, the in-process fake Kubernetes API and deck for Prow and the
+//! build cluster, real Prometheus 2.42 and the Pushgateway for pushes.
+//!
+//! Every expected value below is worked out from the scenario the test sets
+//! up (sessions seeded into vcsim, jobs served by the fake), never copied
+//! from the reporter's output.
+
+#[path = "support/fake_ci.rs"]
+mod fake_ci;
+#[path = "support/pushgateway.rs"]
+mod pushgateway;
+#[path = "support/receivers.rs"]
+mod receivers;
+#[path = "support/vcsim.rs"]
+mod vcsim;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fake_ci::{CompactScenario, FakeCi, Route};
+use vcsim::Vcsim;
+
+const BIN: &str = env!("CARGO_BIN_EXE_vsphere-ci-session-metrics");
+/// The reporter's own vCenter login in these tests.
+const REPORTER_USER: &str = "reporter@vsphere.local";
+const REPORTER_AGENT: &str = "vsphere-ci-session-metrics";
+const VCENTER: &str = "127.0.0.1";
+
+// Sessions seeded into vcsim: (user as logged in, user agent, count).
+const SEEDED: &[(&str, &str, usize)] = &[
+    ("ci-user-1@vsphere.local", "openshift-install", 3),
+    (r"VSPHERE.LOCAL\ci-user-1", "csi-driver", 2),
+    ("ci-user-2@vsphere.local", "machine-api-operator", 1),
+    ("ci-user-3@vsphere.local", "govc", 2),
+];
+
+/// A running job of the scenario and the user its secret names.
+struct ExpectedJob {
+    name: &'static str,
+    build_id: &'static str,
+    job: &'static str,
+    pull: &'static str,
+    user: &'static str,
+}
+
+const JOB_A: ExpectedJob = ExpectedJob {
+    name: "pj-a",
+    build_id: "1001",
+    job: "pull-ci-openshift-installer-main-e2e-vsphere-ovn",
+    pull: "https://github.com/openshift/installer/pull/1",
+    user: "ci-user-1",
+};
+const JOB_B: ExpectedJob = ExpectedJob {
+    name: "pj-b",
+    build_id: "1002",
+    job: "periodic-ci-openshift-release-master-nightly-e2e-vsphere-upi",
+    pull: "",
+    user: "ci-user-1",
+};
+const JOB_C: ExpectedJob = ExpectedJob {
+    name: "pj-c",
+    build_id: "1003",
+    job: "pull-ci-openshift-machine-api-operator-main-e2e-vsphere-operator",
+    pull: "https://github.com/openshift/machine-api-operator/pull/3",
+    user: "ci-user-2",
+};
+
+/// The fake's scenario: jobs A and B share ci-user-1 (metadata.json, and
+/// platform.json behind the log fallback), C logs in as ci-user-2 with only
+/// govc.sh, D is an AWS job, E has finished, F uses ci-user-3 on another
+/// vCenter. With `with_c = false`, job C has ended.
+fn scenario(with_c: bool) -> CompactScenario {
+    let c = if with_c {
+        format!(
+            r#"{{"name": "{}", "build_id": "{}", "job": "{}", "target": "e2e-vsphere-operator",
+                "pull": "{}", "ci_namespace": "ci-op-cccccccc",
+                "secret": {{"govc.sh": "export GOVC_URL='https://{VCENTER}/sdk'\nexport GOVC_USERNAME='{}@vsphere.local'\nexport GOVC_PASSWORD='never-log-me'\n"}}}},"#,
+            JOB_C.name, JOB_C.build_id, JOB_C.job, JOB_C.pull, JOB_C.user
+        )
+    } else {
+        String::new()
+    };
+    let text = format!(
+        r#"{{"token": "{token}", "jobs": [
+            {{"name": "{a}", "build_id": "{a_build}", "job": "{a_job}", "target": "e2e-vsphere-ovn",
+              "pull": "{a_pull}", "ci_namespace": "ci-op-aaaaaaaa",
+              "secret": {{"metadata.json": {{"vsphere": {{"vCenter": "{VCENTER}", "username": "{a_user}@vsphere.local", "password": "never-log-me"}}}}}}}},
+            {{"name": "{b}", "build_id": "{b_build}", "job": "{b_job}", "target": "e2e-vsphere-upi",
+              "ci_namespace": "ci-op-bbbbbbbb", "namespace_via": "log",
+              "secret": {{"platform.json": {{"vcenters": [{{"server": "{VCENTER}", "user": "{b_user}@vsphere.local", "password": "never-log-me"}}]}}}}}},
+            {c}
+            {{"name": "pj-d", "cloud": "aws", "cluster": "build01", "target": "e2e-aws"}},
+            {{"name": "pj-e", "state": "success", "target": "e2e-vsphere-zones"}},
+            {{"name": "pj-f", "target": "e2e-vsphere-multi", "ci_namespace": "ci-op-ffffffff",
+              "secret": {{"metadata.json": {{"vsphere": {{"vCenter": "vcenter.other.example.com", "username": "ci-user-3@vsphere.local"}}}}}}}}
+        ]}}"#,
+        token = fake_ci::DEFAULT_TOKEN,
+        a = JOB_A.name,
+        a_build = JOB_A.build_id,
+        a_job = JOB_A.job,
+        a_pull = JOB_A.pull,
+        a_user = JOB_A.user,
+        b = JOB_B.name,
+        b_build = JOB_B.build_id,
+        b_job = JOB_B.job,
+        b_user = JOB_B.user,
+    );
+    CompactScenario::parse(&text).expect("the test scenario is valid")
+}
+
+/// The correlated series a scrape must show for the jobs given: for each job,
+/// one line per user agent of its user, with that user's session count.
+fn expected_correlated(jobs: &[&ExpectedJob]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for job in jobs {
+        let mut agents: Vec<(&str, usize)> = Vec::new();
+        for (user, agent, count) in SEEDED {
+            let normal = user
+                .trim_start_matches(r"VSPHERE.LOCAL\")
+                .trim_end_matches("@vsphere.local");
+            if normal == job.user {
+                match agents.iter_mut().find(|(a, _)| a == agent) {
+                    Some(entry) => entry.1 += count,
+                    None => agents.push((agent, *count)),
+                }
+            }
+        }
+        for (agent, count) in agents {
+            lines.push(format!(
+                "vsphere_ci_user_sessions_correlated{{build_id=\"{}\",ci_job=\"{}\",pull_request=\"{}\",user_agent=\"{}\",username=\"{}\",vcenter=\"{VCENTER}\"}} {}",
+                job.build_id, job.job, job.pull, agent, job.user, count
+            ));
+        }
+    }
+    lines.sort();
+    lines
+}
+
+/// vcsim with the seeded sessions, the fake CI with the scenario, and a
+/// kubeconfig reaching the fake.
+struct World {
+    vcsim: Vcsim,
+    ci: FakeCi,
+    dir: tempfile::TempDir,
+    kubeconfig: PathBuf,
+}
+
+impl World {
+    async fn start() -> World {
+        let mut args: Vec<String> = Vec::new();
+        for (user, agent, count) in SEEDED {
+            args.push("-session".into());
+            args.push(format!("{user},{agent},{count}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let vcsim = Vcsim::start(&args);
+        let ci = FakeCi::start().await;
+        ci.set_scenario(scenario(true).into_scenario());
+        let dir = tempfile::tempdir().expect("temp dir");
+        let kubeconfig = ci.kubeconfig_in(dir.path());
+        World {
+            vcsim,
+            ci,
+            dir,
+            kubeconfig,
+        }
+    }
+
+    /// The reporter's flags for this world, in the original's form.
+    fn flags(&self) -> Vec<String> {
+        vec![
+            "--kubeconfig".into(),
+            self.kubeconfig.display().to_string(),
+            "--vsphere".into(),
+            self.vcsim.url().as_str().trim_end_matches('/').to_string(),
+            "--vsphere-user".into(),
+            REPORTER_USER.into(),
+            "--vsphere-passwd".into(),
+            "p<&'\"ss".into(),
+            "--prow".into(),
+            self.ci.url(),
+        ]
+    }
+
+    /// How many sessions of the reporter's user agent an admin sees.
+    async fn reporter_sessions(&self) -> usize {
+        let admin = self.vcsim.admin().await;
+        let n = admin.sessions_with_agent(REPORTER_AGENT).await.len();
+        admin.logout().await;
+        n
+    }
+}
+
+/// A reporter process; killed when dropped, its log kept for failures.
+struct Reporter {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Reporter {
+    fn spawn(args: &[String], dir: &Path) -> Reporter {
+        let log = dir.join(format!(
+            "reporter-{}.log",
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos()
+        ));
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(BIN)
+            .args(args)
+            // A clean environment: the reporter reads generic variables
+            // (CONFIG, INTERVAL, KUBECONFIG) that a CI machine may set.
+            .env_clear()
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("the reporter binary starts");
+        Reporter { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    fn wait_exit(&mut self, bound: Duration) -> ExitStatus {
+        let deadline = Instant::now() + bound;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "reporter did not exit within {bound:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Reporter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run to completion (for `once` and bad settings), with a time bound.
+fn run_to_end(args: &[String], dir: &Path, bound: Duration) -> (ExitStatus, String, Duration) {
+    let started = Instant::now();
+    let mut reporter = Reporter::spawn(args, dir);
+    let status = reporter.wait_exit(bound);
+    (status, reporter.log(), started.elapsed())
+}
+
+async fn scrape(port: u16) -> Option<String> {
+    let response = reqwest::get(format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.text().await.ok()
+}
+
+/// The value of the first sample line starting with `series` (a name with
+/// optional labels, exactly as exposed).
+fn value_of(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Poll `/metrics` until `ready` holds for it, at most `bound`.
+async fn scrape_until(
+    reporter: &Reporter,
+    port: u16,
+    bound: Duration,
+    what: &str,
+    ready: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(text) = scrape(port).await {
+            if ready(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/metrics never showed {what} within {bound:?}; last:\n{text}\nlog:\n{}",
+                reporter.log()
+            );
+        } else {
+            assert!(
+                Instant::now() < deadline,
+                "/metrics never answered within {bound:?}; log:\n{}",
+                reporter.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn correlated_lines(text: &str) -> Vec<String> {
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("vsphere_ci_user_sessions_correlated{"))
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+fn promtool_check(text: &str) {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: install Debian package prometheus (scripts/test.sh does it)");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(text.as_bytes())
+        .expect("write to promtool");
+    let out = child.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn start_help_lists_every_flag_of_the_original_and_the_new_ones() {
+    let out = Command::new(BIN)
+        .args(["start", "--help"])
+        .env_clear()
+        .output()
+        .expect("binary runs");
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for (flag, env) in [
+        ("--kubeconfig", Some("KUBECONFIG")),
+        ("--build-kubeconfig", None),
+        ("--prow-kubeconfig", Some("PROW_KUBECONFIG")),
+        ("--prow", Some("PROW")),
+        ("--vsphere", Some("VSPHERE")),
+        ("--vsphere-user", Some("VSPHERE_USER")),
+        ("--vsphere-passwd", Some("VSPHERE_PASSWD")),
+        ("--vsphere-passwd-file", Some("VSPHERE_PASSWD_FILE")),
+        ("--vsphere-user-agent", Some("VSPHERE_USER_AGENT")),
+        ("--vsphere-ca-file", Some("VSPHERE_CA_FILE")),
+        ("--vsphere-insecure", Some("VSPHERE_INSECURE")),
+        ("--listen-port", Some("LISTEN_PORT")),
+        ("--log-level", Some("LOG_LEVEL")),
+        ("--log-format", Some("LOG_FORMAT")),
+        ("--interval", Some("INTERVAL")),
+        ("--schedule", Some("SCHEDULE")),
+        ("--config", Some("CONFIG")),
+        ("--remote-write", Some("REMOTE_WRITE")),
+        ("--pushgateway", Some("PUSHGATEWAY")),
+        ("--pushgateway-job", Some("PUSHGATEWAY_JOB")),
+        ("--pushgateway-grouping", None),
+    ] {
+        assert!(help.contains(&format!("{flag} ")) || help.contains(&format!("{flag}=")) || help.contains(&format!("{flag}\n")) || help.contains(&format!("{flag},")), "{flag} missing from:\n{help}");
+        if let Some(env) = env {
+            assert!(help.contains(&format!("[env: {env}")), "{env} missing from:\n{help}");
+        }
+    }
+    for default in ["prow.ci.openshift.org", "8090", "vsphere-ci-session-metrics", "60s", "info"] {
+        assert!(help.contains(default), "default {default} missing from:\n{help}");
+    }
+}
+
+#[test]
+fn a_bad_setting_fails_at_start_with_one_line_naming_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["start", "--vsphere-user", "u", "--vsphere-passwd", "tops3cret"],
+            "error: --vsphere (VSPHERE) is required",
+        ),
+        (
+            &["once", "--vsphere", "vc", "--vsphere-user", "u", "--vsphere-passwd", "tops3cret", "--interval", "often"],
+            "error: --interval (INTERVAL) \"often\": not a duration",
+        ),
+        (
+            &["start", "--vsphere", "vc", "--vsphere-user", "u", "--vsphere-passwd", "tops3cret", "--schedule", "61 * * * *"],
+            "error: --schedule",
+        ),
+        (
+            &["start", "--vsphere", "vc", "--vsphere-user", "u", "--vsphere-passwd", "tops3cret", "--config", "/nonexistent/c.yaml"],
+            "error: --config (CONFIG) /nonexistent/c.yaml: cannot read",
+        ),
+    ];
+    for (args, want) in cases {
+        let (status, log, _) = run_to_end(&strings(args), dir.path(), Duration::from_secs(10));
+        assert_eq!(status.code(), Some(2), "{args:?}: {log}");
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: expected one line, got:\n{log}");
+        assert!(lines[0].starts_with(want), "{args:?}: want {want:?}, got {log:?}");
+        assert!(!log.contains("tops3cret"), "password leaked: {log}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_serves_exact_correlated_counts_and_holds_one_session_however_many_cycles() {
+    let world = World::start().await;
+    let port = receivers::free_port();
+    let mut args = vec!["start".to_string()];
+    args.extend(world.flags());
+    args.extend(strings(&["--listen-port", &port.to_string(), "--interval", "1s"]));
+    let mut reporter = Reporter::spawn(&args, world.dir.path());
+
+    let text = scrape_until(&reporter, port, Duration::from_secs(60), "6 cycles", |t| {
+        value_of(t, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap_or(0.0) >= 6.0
+    })
+    .await;
+
+    assert_eq!(
+        correlated_lines(&text),
+        expected_correlated(&[&JOB_A, &JOB_B, &JOB_C]),
+        "full output:\n{text}"
+    );
+    // Exact per-user totals, whatever the number of jobs sharing the user.
+    let open = |user: &str, agent: &str| {
+        value_of(
+            &text,
+            &format!("vsphere_ci_user_sessions_open{{user_agent=\"{agent}\",username=\"{user}\",vcenter=\"{VCENTER}\"}}"),
+        )
+    };
+    assert_eq!(open("ci-user-1", "openshift-install"), Some(3.0));
+    assert_eq!(open("ci-user-1", "csi-driver"), Some(2.0));
+    assert_eq!(open("ci-user-3", "govc"), Some(2.0));
+    assert_eq!(open("reporter", REPORTER_AGENT), Some(1.0), "{text}");
+    assert_eq!(
+        value_of(&text, &format!("vsphere_ci_user_sessions_user_jobs{{username=\"ci-user-1\",vcenter=\"{VCENTER}\"}}")),
+        Some(2.0)
+    );
+    assert_eq!(
+        value_of(&text, &format!("vsphere_ci_user_sessions_vcenter_logins_total{{vcenter=\"{VCENTER}\"}}")),
+        Some(1.0)
+    );
+    assert_eq!(value_of(&text, &format!("vsphere_ci_user_sessions_vcenter_up{{vcenter=\"{VCENTER}\"}}")), Some(1.0));
+    assert_eq!(value_of(&text, "vsphere_ci_user_sessions_prow_up"), Some(1.0));
+    // A, B, C and F run on vSphere; F's user is on another vCenter.
+    assert_eq!(value_of(&text, "vsphere_ci_user_sessions_running_jobs"), Some(4.0));
+    assert_eq!(value_of(&text, "vsphere_ci_user_sessions_unresolved_jobs"), Some(0.0));
+    promtool_check(&text);
+
+    // One reporter session on the vCenter after all those cycles, and none
+    // once it has stopped.
+    assert_eq!(world.reporter_sessions().await, 1);
+    // A steady cycle reads no secrets: resolved jobs are cached.
+    let secrets_before = world.ci.count(Route::Secret);
+    let cycles_before = value_of(&text, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap();
+    scrape_until(&reporter, port, Duration::from_secs(30), "2 more cycles", |t| {
+        value_of(t, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap_or(0.0) >= cycles_before + 2.0
+    })
+    .await;
+    assert_eq!(world.ci.count(Route::Secret), secrets_before);
+
+    reporter.terminate();
+    let status = reporter.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "exit {status:?}; log:\n{}", reporter.log());
+    assert_eq!(world.reporter_sessions().await, 0, "log:\n{}", reporter.log());
+    let log = reporter.log();
+    assert!(!log.contains("never-log-me") && !log.contains("p<&'"), "a password leaked:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_terminated_from_outside_is_replaced_by_exactly_one() {
+    let world = World::start().await;
+    let port = receivers::free_port();
+    let mut args = vec!["start".to_string()];
+    args.extend(world.flags());
+    args.extend(strings(&["--listen-port", &port.to_string(), "--interval", "1s"]));
+    let reporter = Reporter::spawn(&args, world.dir.path());
+    scrape_until(&reporter, port, Duration::from_secs(60), "a first cycle", |t| {
+        value_of(t, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap_or(0.0) >= 1.0
+    })
+    .await;
+
+    let admin = world.vcsim.admin().await;
+    let ours = admin.sessions_with_agent(REPORTER_AGENT).await;
+    assert_eq!(ours.len(), 1);
+    admin.terminate(&ours[0].key).await;
+
+    let text = scrape_until(&reporter, port, Duration::from_secs(30), "a second login", |t| {
+        value_of(t, &format!("vsphere_ci_user_sessions_vcenter_logins_total{{vcenter=\"{VCENTER}\"}}")) == Some(2.0)
+    })
+    .await;
+    assert_eq!(value_of(&text, &format!("vsphere_ci_user_sessions_vcenter_up{{vcenter=\"{VCENTER}\"}}")), Some(1.0));
+    let now = admin.sessions_with_agent(REPORTER_AGENT).await;
+    assert_eq!(now.len(), 1, "exactly one new reporter session");
+    assert_ne!(now[0].key, ours[0].key);
+    admin.logout().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deck_input_sets_prow_up_to_zero_and_the_process_keeps_serving() {
+    let world = World::start().await;
+    let port = receivers::free_port();
+    let mut args = vec!["start".to_string()];
+    args.extend(world.flags());
+    args.extend(strings(&["--listen-port", &port.to_string(), "--interval", "1s"]));
+    let mut reporter = Reporter::spawn(&args, world.dir.path());
+    scrape_until(&reporter, port, Duration::from_secs(60), "prow up", |t| {
+        value_of(t, "vsphere_ci_user_sessions_prow_up") == Some(1.0)
+    })
+    .await;
+
+    for fault in [
+        fake_ci::Fault::raw(200, "text/html", "<html><body>Service Unavailable</body></html>"),
+        fake_ci::Fault::raw(200, "application/json", "{\"items\": [{\"metadata\": {\"name\": "),
+        fake_ci::Fault::status(500),
+    ] {
+        world.ci.set_fault(Route::Deck, fault);
+        let text = scrape_until(&reporter, port, Duration::from_secs(30), "prow down", |t| {
+            value_of(t, "vsphere_ci_user_sessions_prow_up") == Some(0.0)
+        })
+        .await;
+        // Sessions are still reported while Prow is down.
+        assert_eq!(value_of(&text, &format!("vsphere_ci_user_sessions_vcenter_up{{vcenter=\"{VCENTER}\"}}")), Some(1.0));
+        assert!(correlated_lines(&text).is_empty(), "no job is claimed while Prow is down");
+        world.ci.clear_fault(Route::Deck);
+        let text = scrape_until(&reporter, port, Duration::from_secs(30), "prow back", |t| {
+            value_of(t, "vsphere_ci_user_sessions_prow_up") == Some(1.0)
+        })
+        .await;
+        assert_eq!(correlated_lines(&text), expected_correlated(&[&JOB_A, &JOB_B, &JOB_C]));
+    }
+    let log = reporter.log();
+    assert!(log.contains("Listing running jobs failed"), "no clear log line:\n{log}");
+    assert!(reporter.child.try_wait().unwrap().is_none(), "the reporter must keep running");
+    reporter.terminate();
+    assert!(reporter.wait_exit(Duration::from_secs(30)).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_example_command_line_runs_unchanged() {
+    // From the original README: `--kubeconfig mykc --vsphere vc.example.com
+    // --vsphere-user administrator@vsphere.local --vsphere-passwd tops3cret`,
+    // run in a directory holding `mykc`. vc.example.com is not reachable
+    // here, so the vCenter is reported down while /metrics serves on 8090.
+    let ci = FakeCi::start().await;
+    ci.set_scenario(scenario(true).into_scenario());
+    let dir = tempfile::tempdir().unwrap();
+    ci.write_kubeconfig(&dir.path().join("mykc")).unwrap();
+    let log = dir.path().join("reporter.log");
+    let child = Command::new(BIN)
+        .current_dir(dir.path())
+        .args([
+            "start",
+            "--kubeconfig",
+            "mykc",
+            "--vsphere",
+            "vc.example.com",
+            "--vsphere-user",
+            "administrator@vsphere.local",
+            "--vsphere-passwd",
+            "tops3cret",
+        ])
+        .env_clear()
+        // Prow's public deck is not reachable here; the environment (not
+        // the command line) points at the fake one.
+        .env("PROW", ci.url())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut reporter = Reporter { child, log };
+    let text = scrape_until(&reporter, 8090, Duration::from_secs(90), "vcenter down", |t| {
+        value_of(t, "vsphere_ci_user_sessions_vcenter_up{vcenter=\"vc.example.com\"}") == Some(0.0)
+    })
+    .await;
+    assert_eq!(value_of(&text, "vsphere_ci_user_sessions_prow_up"), Some(1.0));
+    reporter.terminate();
+    assert!(reporter.wait_exit(Duration::from_secs(30)).success());
+    assert!(!reporter.log().contains("tops3cret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_pushes_the_exact_series_to_prometheus_and_the_pushgateway_and_exits_zero() {
+    let world = World::start().await;
+    let prometheus = receivers::Peer::prometheus();
+    let gateway = pushgateway::Pushgateway::start().await;
+    let mut args = vec!["once".to_string()];
+    args.extend(world.flags());
+    args.extend(strings(&[
+        "--listen-port",
+        "0",
+        "--remote-write",
+        &prometheus.write_url(),
+        "--pushgateway",
+        gateway.url.as_str(),
+    ]));
+    let (status, log, _) = run_to_end(&args, world.dir.path(), Duration::from_secs(60));
+    assert_eq!(status.code(), Some(0), "log:\n{log}");
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    let stored = prometheus
+        .query("vsphere_ci_user_sessions_correlated", now)
+        .await;
+    let mut lines: Vec<String> = stored
+        .iter()
+        .map(|(labels, value)| {
+            let pairs: Vec<String> = labels
+                .iter()
+                .filter(|(k, _)| k.as_str() != "__name__")
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
+            format!("vsphere_ci_user_sessions_correlated{{{}}} {}", pairs.join(","), value)
+        })
+        .collect();
+    lines.sort();
+    // Prometheus drops empty label values, so job B's empty pull_request is
+    // absent there.
+    let expected: Vec<String> = expected_correlated(&[&JOB_A, &JOB_B, &JOB_C])
+        .into_iter()
+        .map(|l| l.replace("pull_request=\"\",", ""))
+        .collect();
+    assert_eq!(lines, expected);
+
+    let group = gateway
+        .group(&[("job", "vsphere-ci-session-metrics")])
+        .await
+        .expect("the gateway has the group");
+    let mut gw_lines: Vec<String> = group
+        .series("vsphere_ci_user_sessions_correlated")
+        .iter()
+        .map(|s| {
+            let pairs: Vec<String> = s
+                .labels
+                .iter()
+                .filter(|(k, _)| !["job", "instance"].contains(&k.as_str()))
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
+            format!("vsphere_ci_user_sessions_correlated{{{}}} {}", pairs.join(","), s.value)
+        })
+        .collect();
+    gw_lines.sort();
+    let gw_expected: Vec<String> = expected_correlated(&[&JOB_A, &JOB_B, &JOB_C])
+        .into_iter()
+        .map(|l| l.replace("pull_request=\"\",", ""))
+        .collect();
+    assert_eq!(gw_lines, gw_expected);
+    // `once` logs out: no reporter session is left on the vCenter.
+    assert_eq!(world.reporter_sessions().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_against_a_dead_receiver_exits_non_zero_in_bounded_time_naming_the_sink() {
+    let world = World::start().await;
+    let dead = format!("http://127.0.0.1:{}/api/v1/write", receivers::free_port());
+    let config = world.dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!("remote_write:\n  - url: {dead}\n    remote_timeout: 2s\n"),
+    )
+    .unwrap();
+    let mut args = vec!["once".to_string()];
+    args.extend(world.flags());
+    args.extend(strings(&["--listen-port", "0", "--config", &config.display().to_string()]));
+    let (status, log, took) = run_to_end(&args, world.dir.path(), Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "log:\n{log}");
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+    assert!(
+        log.lines().any(|l| l.contains("sink remote_write") && l.contains(&dead)),
+        "no line names the sink and its target:\n{log}"
+    );
+    assert_eq!(world.reporter_sessions().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ended_job_vanishes_at_once_and_sigterm_leaves_nothing_behind() {
+    let world = World::start().await;
+    let prometheus = receivers::Peer::prometheus();
+    let gateway = pushgateway::Pushgateway::start().await;
+    let port = receivers::free_port();
+    let mut args = vec!["start".to_string()];
+    args.extend(world.flags());
+    args.extend(strings(&[
+        "--listen-port",
+        &port.to_string(),
+        "--interval",
+        "1s",
+        "--remote-write",
+        &prometheus.write_url(),
+        "--pushgateway",
+        gateway.url.as_str(),
+    ]));
+    let mut reporter = Reporter::spawn(&args, world.dir.path());
+    let job_c = format!("vsphere_ci_user_sessions_correlated{{ci_job=\"{}\"}}", JOB_C.job);
+    let now = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while prometheus.query(&job_c, now()).await.is_empty() {
+        assert!(Instant::now() < deadline, "job C never reached Prometheus; log:\n{}", reporter.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Job C ends: its series disappear from an instant query (stale marker)
+    // and from the gateway's group (PUT replaces it).
+    world.ci.set_scenario(scenario(false).into_scenario());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let in_prometheus = !prometheus.query(&job_c, now()).await.is_empty();
+        let group = gateway.group(&[("job", "vsphere-ci-session-metrics")]).await;
+        let in_gateway = group.is_some_and(|g| {
+            g.series("vsphere_ci_user_sessions_correlated")
+                .iter()
+                .any(|s| s.labels.get("ci_job").map(String::as_str) == Some(JOB_C.job))
+        });
+        if !in_prometheus && !in_gateway {
+            break;
+        }
+        assert!(Instant::now() < deadline, "job C lingers (prometheus {in_prometheus}, gateway {in_gateway})");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let remaining = prometheus
+        .query("vsphere_ci_user_sessions_correlated", now())
+        .await;
+    assert_eq!(remaining.len(), expected_correlated(&[&JOB_A, &JOB_B]).len());
+
+    // SIGTERM: exit 0 after stale markers for every live series, and logout.
+    reporter.terminate();
+    let status = reporter.wait_exit(Duration::from_secs(30));
+    assert!(status.success(), "log:\n{}", reporter.log());
+    assert!(
+        prometheus
+            .query("vsphere_ci_user_sessions_correlated", now())
+            .await
+            .is_empty(),
+        "stale markers on shutdown hide every series"
+    );
+    assert_eq!(world.reporter_sessions().await, 0);
+}
