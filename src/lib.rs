@@ -21,6 +21,7 @@
 pub mod ci;
 pub mod correlate;
 pub mod error;
+pub mod kube_client;
 pub mod metrics;
 pub mod prow;
 pub mod secret;
