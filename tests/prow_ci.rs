@@ -595,3 +595,39 @@ async fn kube_client_picks_the_context_named_like_the_cluster() {
         Err(err) => assert_eq!(err.kind(), "kube_config"),
     }
 }
+
+#[tokio::test]
+async fn the_demo_scenario_gives_three_running_jobs_and_their_users() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/demo/scenario.json"))
+        .expect("the demo scenario is readable");
+    let compact = CompactScenario::parse(&text).expect("the demo scenario is valid");
+    let token = compact.token.clone().expect("the demo scenario sets a token");
+    let ci = FakeCi::start_with("127.0.0.1:0".parse().expect("literal"), &token, compact.into_scenario())
+        .await
+        .expect("the fake starts");
+    let dir = tempfile::tempdir().expect("a temp dir can be created");
+    let client = kube_client(Some(&ci.kubeconfig_in(dir.path())), "vsphere02")
+        .await
+        .expect("client builds");
+
+    let jobs = deck(&ci, Duration::from_secs(5))
+        .list_running_jobs()
+        .await
+        .expect("deck lists the demo jobs");
+    let resolver = IdentityResolver::new(client, "vsphere02".into(), fast_options());
+    let users = resolver.resolve(&jobs).await;
+
+    let got: Vec<(&str, Vec<CiIdentity>)> = users
+        .iter()
+        .map(|u| (u.job.id.as_str(), u.identities.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("5d3c1a7e-demo-0001", vec![identity("127.0.0.1", "ci-user-1")]),
+            ("5d3c1a7e-demo-0002", vec![identity("127.0.0.1", "ci-user-1")]),
+            ("5d3c1a7e-demo-0003", vec![identity("127.0.0.1", "ci-user-2")]),
+        ]
+    );
+    assert_eq!(ci.log_limits_seen().len(), 1, "job 0002 is found through the ci-operator log");
+}
