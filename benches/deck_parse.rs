@@ -38,7 +38,8 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             if new_size > layout.size() {
-                let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
+                let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
+                    - layout.size();
                 PEAK.fetch_max(live, Ordering::Relaxed);
             } else {
                 LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
@@ -59,13 +60,28 @@ fn deck_body() -> Vec<u8> {
     let mut items = Vec::with_capacity(JOBS);
     for i in 0..JOBS {
         let vsphere = i % 100 == 0;
-        let (cloud, cluster) = if vsphere { ("vsphere", "vsphere02") } else { ("aws", "build05") };
-        let state = if vsphere || i % 3 == 0 { "pending" } else { "success" };
-        let target = if vsphere { "e2e-vsphere-ovn" } else { "e2e-aws-ovn" };
+        let (cloud, cluster) = if vsphere {
+            ("vsphere", "vsphere02")
+        } else {
+            ("aws", "build05")
+        };
+        let state = if vsphere || i % 3 == 0 {
+            "pending"
+        } else {
+            "success"
+        };
+        let target = if vsphere {
+            "e2e-vsphere-ovn"
+        } else {
+            "e2e-aws-ovn"
+        };
         let job = format!("pull-ci-openshift-repo{}-main-{target}", i % 300);
         let args: Vec<String> = (0..12)
             .map(|k| format!("--secret-dir=/usr/local/{job}-cluster-profile-{k}"))
-            .chain([format!("--target={target}"), "--report-credentials-file=/etc/report/credentials".into()])
+            .chain([
+                format!("--target={target}"),
+                "--report-credentials-file=/etc/report/credentials".into(),
+            ])
             .collect();
         items.push(json!({
             "kind": "ProwJob", "apiVersion": "prow.k8s.io/v1",

@@ -48,7 +48,11 @@ fn parse_args() -> Result<Args, String> {
             None => return Err(format!("{name} needs a value\n{USAGE}")),
         };
         match name.as_str() {
-            "--listen" => args.listen = value.parse().map_err(|e| format!("--listen {value}: {e}"))?,
+            "--listen" => {
+                args.listen = value
+                    .parse()
+                    .map_err(|e| format!("--listen {value}: {e}"))?
+            }
             "--scenario" => args.scenario = Some(value.into()),
             "--kubeconfig-out" => args.kubeconfig_out = Some(value.into()),
             other => return Err(format!("unknown flag {other}\n{USAGE}")),

@@ -316,7 +316,8 @@ async fn older_ci_operator_namespace_is_read_from_the_log_head_only() {
 async fn every_secret_format_gives_its_users() {
     let env = env().await;
     // (secret files, expected identities)
-    let cases: Vec<(Vec<(&str, &str)>, Vec<CiIdentity>)> = vec![
+    type Files<'a> = Vec<(&'a str, &'a str)>;
+    let cases: Vec<(Files, Vec<CiIdentity>)> = vec![
         (
             vec![("metadata.json", METADATA_JSON)],
             vec![identity(VC, "ci-user-1")],
@@ -598,13 +599,23 @@ async fn kube_client_picks_the_context_named_like_the_cluster() {
 
 #[tokio::test]
 async fn the_demo_scenario_gives_three_running_jobs_and_their_users() {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/demo/scenario.json"))
-        .expect("the demo scenario is readable");
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/demo/scenario.json"
+    ))
+    .expect("the demo scenario is readable");
     let compact = CompactScenario::parse(&text).expect("the demo scenario is valid");
-    let token = compact.token.clone().expect("the demo scenario sets a token");
-    let ci = FakeCi::start_with("127.0.0.1:0".parse().expect("literal"), &token, compact.into_scenario())
-        .await
-        .expect("the fake starts");
+    let token = compact
+        .token
+        .clone()
+        .expect("the demo scenario sets a token");
+    let ci = FakeCi::start_with(
+        "127.0.0.1:0".parse().expect("literal"),
+        &token,
+        compact.into_scenario(),
+    )
+    .await
+    .expect("the fake starts");
     let dir = tempfile::tempdir().expect("a temp dir can be created");
     let client = kube_client(Some(&ci.kubeconfig_in(dir.path())), "vsphere02")
         .await
@@ -624,10 +635,23 @@ async fn the_demo_scenario_gives_three_running_jobs_and_their_users() {
     assert_eq!(
         got,
         [
-            ("5d3c1a7e-demo-0001", vec![identity("127.0.0.1", "ci-user-1")]),
-            ("5d3c1a7e-demo-0002", vec![identity("127.0.0.1", "ci-user-1")]),
-            ("5d3c1a7e-demo-0003", vec![identity("127.0.0.1", "ci-user-2")]),
+            (
+                "5d3c1a7e-demo-0001",
+                vec![identity("127.0.0.1", "ci-user-1")]
+            ),
+            (
+                "5d3c1a7e-demo-0002",
+                vec![identity("127.0.0.1", "ci-user-1")]
+            ),
+            (
+                "5d3c1a7e-demo-0003",
+                vec![identity("127.0.0.1", "ci-user-2")]
+            ),
         ]
     );
-    assert_eq!(ci.log_limits_seen().len(), 1, "job 0002 is found through the ci-operator log");
+    assert_eq!(
+        ci.log_limits_seen().len(),
+        1,
+        "job 0002 is found through the ci-operator log"
+    );
 }

@@ -327,7 +327,8 @@ mod tests {
         let sel = JobSelector::default();
         type Edit = fn(&mut serde_json::Value);
         // (description, edit, field getter, expected)
-        let cases: Vec<(&str, Edit, fn(&RunningJob) -> &str, &str)> = vec![
+        type Field = fn(&RunningJob) -> &str;
+        let cases: Vec<(&str, Edit, Field, &str)> = vec![
             (
                 "build id from status when label missing",
                 |j| {

@@ -477,14 +477,14 @@ fn selector_matches(terms: &[Term], labels: Option<&BTreeMap<String, String>>) -
     })
 }
 
-fn selector_from(params: &HashMap<String, String>) -> Result<Vec<Term>, Response> {
+fn selector_from(params: &HashMap<String, String>) -> Result<Vec<Term>, Box<Response>> {
     parse_selector(
         params
             .get("labelSelector")
             .map(String::as_str)
             .unwrap_or(""),
     )
-    .map_err(|e| status_response(400, &e, None))
+    .map_err(|e| Box::new(status_response(400, &e, None)))
 }
 
 fn list_json<T: serde::Serialize + Resource + k8s_openapi::ListableResource>(
@@ -510,7 +510,7 @@ async fn list_namespaces(
     }
     let terms = match selector_from(&params) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let scenario = shared
         .scenario
@@ -536,7 +536,7 @@ async fn list_pods(
     }
     let terms = match selector_from(&params) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let scenario = shared
         .scenario
@@ -654,7 +654,7 @@ async fn list_prowjobs(
     }
     let terms = match selector_from(&params) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let scenario = shared
         .scenario
