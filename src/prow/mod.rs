@@ -1,5 +1,18 @@
 //! Running vSphere CI jobs, from Prow's deck (`/prowjobs.js`) or from the
 //! ProwJob API (`prow.k8s.io/v1`) on the Prow service cluster.
+//!
+//! - [`job`]: the ProwJob fields we read and the selection rule, shared by both paths.
+//! - [`deck`]: deck's JSON list, streamed ([`parse_deck`]).
+//! - [`api`]: the ProwJob API through a kube client.
+
+pub mod api;
+pub mod deck;
+pub mod job;
+
+pub use api::ProwJobApiSource;
+pub use deck::{DeckSource, parse_deck};
+
+use crate::error::Error;
 
 /// A ProwJob in state `pending` that runs on vSphere, reduced to the fields
 /// the reporter uses.
@@ -37,6 +50,34 @@ impl Default for JobSelector {
         JobSelector {
             cloud: "vsphere".to_string(),
             cluster_prefix: "vsphere".to_string(),
+        }
+    }
+}
+
+/// Where running jobs come from, chosen by the configuration.
+#[derive(Debug)]
+pub enum ProwSource {
+    Deck(DeckSource),
+    Api(ProwJobApiSource),
+}
+
+impl ProwSource {
+    /// The running vSphere jobs, sorted by id.
+    pub async fn list_running_jobs(&self) -> Result<Vec<RunningJob>, Error> {
+        let mut jobs = match self {
+            ProwSource::Deck(deck) => deck.list_running_jobs().await?,
+            ProwSource::Api(api) => api.list_running_jobs().await?,
+        };
+        jobs.sort();
+        jobs.dedup();
+        Ok(jobs)
+    }
+
+    /// One line for logs: which source and where.
+    pub fn describe(&self) -> String {
+        match self {
+            ProwSource::Deck(deck) => format!("deck {}", deck.url()),
+            ProwSource::Api(api) => format!("ProwJob API, namespace {}", api.namespace()),
         }
     }
 }
