@@ -143,7 +143,10 @@ pub async fn run(
             let server = if config.listen_port != 0 {
                 let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.listen_port));
                 let listener = TcpListener::bind(addr).await.map_err(|e| Error::Io {
-                    context: format!("--listen-port (LISTEN_PORT) {}: cannot listen", config.listen_port),
+                    context: format!(
+                        "--listen-port (LISTEN_PORT) {}: cannot listen",
+                        config.listen_port
+                    ),
                     source: e,
                 })?;
                 info!(address = %addr, "Serving /metrics and /healthz");

@@ -54,7 +54,12 @@ pub struct Flags {
     /// Path to the build cluster kubeconfig (jobs' ci-op namespaces and
     /// secrets). Without it: the in-cluster service account in a pod, else
     /// the usual kubeconfig lookup.
-    #[arg(long, visible_alias = "build-kubeconfig", env = "KUBECONFIG", value_name = "FILE")]
+    #[arg(
+        long,
+        visible_alias = "build-kubeconfig",
+        env = "KUBECONFIG",
+        value_name = "FILE"
+    )]
     pub kubeconfig: Option<PathBuf>,
 
     /// Kubeconfig of the Prow service cluster: read ProwJobs from its API
@@ -76,7 +81,12 @@ pub struct Flags {
     pub vsphere_user: Option<String>,
 
     /// Password for vSphere (prefer --vsphere-passwd-file: flags show in `ps`).
-    #[arg(long, env = "VSPHERE_PASSWD", value_name = "PASSWORD", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "VSPHERE_PASSWD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
     pub vsphere_passwd: Option<String>,
 
     /// File holding the vSphere password (one trailing newline is ignored).
@@ -120,7 +130,12 @@ pub struct Flags {
 
     /// Remote-write URL to push every cycle to (repeatable; the config file
     /// has auth, TLS, tenant and protocol settings).
-    #[arg(long = "remote-write", env = "REMOTE_WRITE", value_delimiter = ',', value_name = "URL")]
+    #[arg(
+        long = "remote-write",
+        env = "REMOTE_WRITE",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
     pub remote_write: Vec<String>,
 
     /// Pushgateway base URL to PUT every cycle to.

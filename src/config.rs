@@ -165,9 +165,8 @@ impl Config {
                         path.display()
                     ))
                 })?;
-                serde_yaml::from_str(&text).map_err(|e| {
-                    Error::Config(format!("config file {}: {e}", path.display()))
-                })?
+                serde_yaml::from_str(&text)
+                    .map_err(|e| Error::Config(format!("config file {}: {e}", path.display())))?
             }
         };
         let origin = flags
@@ -214,7 +213,10 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             }
             (Some(p), None) => Secret::new(p.clone()),
             (None, Some(path)) => read_secret(path, "--vsphere-passwd-file (VSPHERE_PASSWD_FILE)")?,
-            (None, None) => base.as_ref().map(|b| b.password.clone()).unwrap_or_default(),
+            (None, None) => base
+                .as_ref()
+                .map(|b| b.password.clone())
+                .unwrap_or_default(),
         };
         if password.is_empty() {
             return Err(Error::Config(
@@ -254,7 +256,11 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             "--vsphere (VSPHERE) is required (or vcenters in the --config file): the vCenter host whose sessions to list".into(),
         ));
     }
-    if let Some(ca) = vcenters.iter().filter_map(|v| v.ca_file.as_ref()).find(|p| !p.is_file()) {
+    if let Some(ca) = vcenters
+        .iter()
+        .filter_map(|v| v.ca_file.as_ref())
+        .find(|p| !p.is_file())
+    {
         return Err(Error::Config(format!(
             "--vsphere-ca-file (VSPHERE_CA_FILE) {}: no such file",
             ca.display()
@@ -263,18 +269,29 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
 
     // Prow.
     let selector = JobSelector {
-        cloud: file.prow.cloud.clone().unwrap_or_else(|| JobSelector::default().cloud),
+        cloud: file
+            .prow
+            .cloud
+            .clone()
+            .unwrap_or_else(|| JobSelector::default().cloud),
         cluster_prefix: file
             .prow
             .cluster_prefix
             .clone()
             .unwrap_or_else(|| JobSelector::default().cluster_prefix),
     };
-    let prow_kubeconfig = flags.prow_kubeconfig.clone().or(file.prow.kubeconfig.clone());
+    let prow_kubeconfig = flags
+        .prow_kubeconfig
+        .clone()
+        .or(file.prow.kubeconfig.clone());
     let prow = match prow_kubeconfig {
         Some(kubeconfig) => ProwSourceConfig::Api {
             kubeconfig,
-            namespace: file.prow.namespace.clone().unwrap_or_else(|| "ci".to_string()),
+            namespace: file
+                .prow
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "ci".to_string()),
         },
         None => {
             let raw = flags
@@ -287,7 +304,11 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             ProwSourceConfig::Deck { url }
         }
     };
-    let prow_timeout = duration_or(&file.prow.timeout, DEFAULT_PROW_TIMEOUT, &at("prow.timeout"))?;
+    let prow_timeout = duration_or(
+        &file.prow.timeout,
+        DEFAULT_PROW_TIMEOUT,
+        &at("prow.timeout"),
+    )?;
 
     // Build clusters.
     let default_build_cluster = BuildCluster {
@@ -297,14 +318,21 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
     let mut build_clusters = Vec::new();
     for (i, c) in file.build_clusters.iter().enumerate() {
         if c.name.is_empty() {
-            return Err(Error::Config(format!("{}: must not be empty", at(&format!("build_clusters[{i}].name")))));
+            return Err(Error::Config(format!(
+                "{}: must not be empty",
+                at(&format!("build_clusters[{i}].name"))
+            )));
         }
         build_clusters.push(BuildCluster {
             name: c.name.clone(),
             kubeconfig: c.kubeconfig.clone(),
         });
     }
-    let kube_timeout = duration_or(&file.kube_timeout, DEFAULT_KUBE_TIMEOUT, &at("kube_timeout"))?;
+    let kube_timeout = duration_or(
+        &file.kube_timeout,
+        DEFAULT_KUBE_TIMEOUT,
+        &at("kube_timeout"),
+    )?;
 
     // Schedule: --schedule > file schedule > --interval > file interval.
     let schedule = if let Some(expr) = &flags.schedule {
@@ -319,7 +347,9 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             None => duration_or(&file.interval, DEFAULT_INTERVAL, &at("interval"))?,
         };
         if interval.is_zero() {
-            return Err(Error::Config("--interval (INTERVAL) must be greater than 0".into()));
+            return Err(Error::Config(
+                "--interval (INTERVAL) must be greater than 0".into(),
+            ));
         }
         Schedule::Interval(interval)
     };
@@ -329,7 +359,9 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
         .clone()
         .or(file.log_level.clone())
         .unwrap_or_else(|| "info".to_string());
-    if !["error", "warn", "info", "debug", "trace"].contains(&log_level.to_ascii_lowercase().as_str()) {
+    if !["error", "warn", "info", "debug", "trace"]
+        .contains(&log_level.to_ascii_lowercase().as_str())
+    {
         return Err(Error::Config(format!(
             "--log-level (LOG_LEVEL) {log_level:?}: expected one of error, warn, info, debug, trace"
         )));
@@ -341,10 +373,8 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
         if remote_write.iter().any(|rw| rw.url.as_str() == url) {
             continue;
         }
-        let entry: RemoteWriteConfig =
-            serde_json::from_value(serde_json::json!({ "url": url })).map_err(|e| {
-                Error::Config(format!("--remote-write (REMOTE_WRITE) {url:?}: {e}"))
-            })?;
+        let entry: RemoteWriteConfig = serde_json::from_value(serde_json::json!({ "url": url }))
+            .map_err(|e| Error::Config(format!("--remote-write (REMOTE_WRITE) {url:?}: {e}")))?;
         remote_write.push(entry);
     }
     for (i, rw) in remote_write.iter().enumerate() {
@@ -378,7 +408,10 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             .or(file.listen_port)
             .unwrap_or(DEFAULT_LISTEN_PORT),
         log_level,
-        log_format: flags.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        log_format: flags
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
         schedule,
         remote_write,
         external_labels,
@@ -386,7 +419,10 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
     })
 }
 
-fn vcenter_from_file(entry: &FileVcenter, field: &dyn Fn(&str) -> String) -> Result<VcenterConfig, Error> {
+fn vcenter_from_file(
+    entry: &FileVcenter,
+    field: &dyn Fn(&str) -> String,
+) -> Result<VcenterConfig, Error> {
     let url = parse_host_or_url(&entry.url, "https")
         .map_err(|e| Error::Config(format!("{}: {:?}: {e}", field("url"), entry.url)))?;
     let password = match (&entry.password, &entry.password_file) {
@@ -426,7 +462,9 @@ fn pushgateway_config(
         Some(serde_yaml::Value::Mapping(m)) => m,
         Some(serde_yaml::Value::Null) | None => serde_yaml::Mapping::new(),
         Some(_) => {
-            return Err(Error::Config(format!("{origin}: pushgateway: expected a mapping")));
+            return Err(Error::Config(format!(
+                "{origin}: pushgateway: expected a mapping"
+            )));
         }
     };
     let key = |k: &str| serde_yaml::Value::String(k.to_string());
@@ -475,7 +513,9 @@ fn read_secret(path: &Path, what: &str) -> Result<Secret, Error> {
 fn duration_or(raw: &Option<String>, default: Duration, field: &str) -> Result<Duration, Error> {
     match raw {
         None => Ok(default),
-        Some(text) => parse_duration(text).map_err(|e| Error::Config(format!("{field}: {text:?}: {e}"))),
+        Some(text) => {
+            parse_duration(text).map_err(|e| Error::Config(format!("{field}: {text:?}: {e}")))
+        }
     }
 }
 
@@ -512,7 +552,11 @@ pub fn parse_host_or_url(raw: &str, default_scheme: &str) -> Result<Url, String>
     if !url.username().is_empty() || url.password().is_some() {
         return Err("must not carry credentials; use the user and password settings".to_string());
     }
-    let path = url.path().trim_end_matches('/').trim_end_matches("/sdk").to_string();
+    let path = url
+        .path()
+        .trim_end_matches('/')
+        .trim_end_matches("/sdk")
+        .to_string();
     url.set_path(&path);
     url.set_query(None);
     url.set_fragment(None);
@@ -566,7 +610,10 @@ mod tests {
         assert_eq!(config.listen_port, 8090);
         assert_eq!(config.log_level, "info");
         assert_eq!(config.schedule, Schedule::Interval(Duration::from_secs(60)));
-        assert_eq!(config.default_build_cluster.kubeconfig, Some(PathBuf::from("mykc")));
+        assert_eq!(
+            config.default_build_cluster.kubeconfig,
+            Some(PathBuf::from("mykc"))
+        );
         assert!(config.remote_write.is_empty());
         assert!(config.pushgateway.is_none());
     }
@@ -581,7 +628,10 @@ mod tests {
         let config = merge(&f, file, "config file c.yaml").unwrap();
         assert_eq!(config.listen_port, 9000);
         assert_eq!(config.log_level, "warn");
-        assert_eq!(config.schedule, Schedule::Interval(Duration::from_secs(120)));
+        assert_eq!(
+            config.schedule,
+            Schedule::Interval(Duration::from_secs(120))
+        );
         assert_eq!(
             config.prow,
             ProwSourceConfig::Deck {
@@ -593,9 +643,21 @@ mod tests {
     #[test]
     fn vsphere_takes_a_host_or_a_url_with_port() {
         let cases = [
-            ("vc.example.com", "https://vc.example.com/", "vc.example.com"),
-            ("http://127.0.0.1:8989", "http://127.0.0.1:8989/", "127.0.0.1"),
-            ("https://VC.Example.com/sdk", "https://vc.example.com/", "vc.example.com"),
+            (
+                "vc.example.com",
+                "https://vc.example.com/",
+                "vc.example.com",
+            ),
+            (
+                "http://127.0.0.1:8989",
+                "http://127.0.0.1:8989/",
+                "127.0.0.1",
+            ),
+            (
+                "https://VC.Example.com/sdk",
+                "https://vc.example.com/",
+                "vc.example.com",
+            ),
         ];
         for (raw, url, host) in cases {
             let parsed = parse_host_or_url(raw, "https").unwrap();
@@ -607,15 +669,42 @@ mod tests {
     #[test]
     fn bad_settings_name_the_flag_and_its_environment_variable() {
         let cases: Vec<(Box<dyn Fn(&mut Flags)>, &str)> = vec![
-            (Box::new(|f| f.vsphere = None), "--vsphere (VSPHERE) is required"),
-            (Box::new(|f| f.vsphere_user = None), "--vsphere-user (VSPHERE_USER) is required"),
-            (Box::new(|f| f.vsphere_passwd = None), "--vsphere-passwd (VSPHERE_PASSWD) or --vsphere-passwd-file"),
-            (Box::new(|f| f.vsphere = Some("ftp://x".into())), "--vsphere (VSPHERE) \"ftp://x\": scheme"),
-            (Box::new(|f| f.interval = Some("soon".into())), "--interval (INTERVAL) \"soon\": not a duration"),
-            (Box::new(|f| f.interval = Some("0s".into())), "--interval (INTERVAL) must be greater than 0"),
-            (Box::new(|f| f.log_level = Some("loud".into())), "--log-level (LOG_LEVEL) \"loud\""),
-            (Box::new(|f| f.prow = Some("".into())), "--prow (PROW) \"\": must not be empty"),
-            (Box::new(|f| f.vsphere_passwd_file = Some("/nonexistent/p".into())), "exclude each other"),
+            (
+                Box::new(|f| f.vsphere = None),
+                "--vsphere (VSPHERE) is required",
+            ),
+            (
+                Box::new(|f| f.vsphere_user = None),
+                "--vsphere-user (VSPHERE_USER) is required",
+            ),
+            (
+                Box::new(|f| f.vsphere_passwd = None),
+                "--vsphere-passwd (VSPHERE_PASSWD) or --vsphere-passwd-file",
+            ),
+            (
+                Box::new(|f| f.vsphere = Some("ftp://x".into())),
+                "--vsphere (VSPHERE) \"ftp://x\": scheme",
+            ),
+            (
+                Box::new(|f| f.interval = Some("soon".into())),
+                "--interval (INTERVAL) \"soon\": not a duration",
+            ),
+            (
+                Box::new(|f| f.interval = Some("0s".into())),
+                "--interval (INTERVAL) must be greater than 0",
+            ),
+            (
+                Box::new(|f| f.log_level = Some("loud".into())),
+                "--log-level (LOG_LEVEL) \"loud\"",
+            ),
+            (
+                Box::new(|f| f.prow = Some("".into())),
+                "--prow (PROW) \"\": must not be empty",
+            ),
+            (
+                Box::new(|f| f.vsphere_passwd_file = Some("/nonexistent/p".into())),
+                "exclude each other",
+            ),
             (
                 Box::new(|f| {
                     f.vsphere_passwd = None;
@@ -623,14 +712,25 @@ mod tests {
                 }),
                 "--vsphere-passwd-file (VSPHERE_PASSWD_FILE) /nonexistent/p: cannot read",
             ),
-            (Box::new(|f| f.vsphere_ca_file = Some("/nonexistent/ca.pem".into())), "--vsphere-ca-file (VSPHERE_CA_FILE) /nonexistent/ca.pem: no such file"),
-            (Box::new(|f| f.schedule = Some("every day".into())), "--schedule"),
-            (Box::new(|f| f.pushgateway_job = Some("j".into())), "--pushgateway (PUSHGATEWAY) is required"),
+            (
+                Box::new(|f| f.vsphere_ca_file = Some("/nonexistent/ca.pem".into())),
+                "--vsphere-ca-file (VSPHERE_CA_FILE) /nonexistent/ca.pem: no such file",
+            ),
+            (
+                Box::new(|f| f.schedule = Some("every day".into())),
+                "--schedule",
+            ),
+            (
+                Box::new(|f| f.pushgateway_job = Some("j".into())),
+                "--pushgateway (PUSHGATEWAY) is required",
+            ),
         ];
         for (change, want) in cases {
             let mut f = flags();
             change(&mut f);
-            let err = merge(&f, FileConfig::default(), "").unwrap_err().to_string();
+            let err = merge(&f, FileConfig::default(), "")
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "want {want:?} in {err:?}");
             assert!(!err.contains("tops3cret"), "password leaked in {err:?}");
         }
@@ -668,7 +768,9 @@ mod tests {
 
     #[test]
     fn unknown_file_fields_are_refused_with_the_field_name() {
-        let err = serde_yaml::from_str::<FileConfig>("vcenter: x\n").unwrap_err().to_string();
+        let err = serde_yaml::from_str::<FileConfig>("vcenter: x\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `vcenter`"), "{err}");
     }
 
@@ -690,9 +792,16 @@ mod tests {
     fn remote_write_flags_add_targets_once() {
         let file = yaml("remote_write:\n  - url: http://a/api/v1/write\n");
         let mut f = flags();
-        f.remote_write = vec!["http://a/api/v1/write".into(), "http://b/api/v1/write".into()];
+        f.remote_write = vec![
+            "http://a/api/v1/write".into(),
+            "http://b/api/v1/write".into(),
+        ];
         let config = merge(&f, file, "c").unwrap();
-        let urls: Vec<String> = config.remote_write.iter().map(|r| r.url.to_string()).collect();
+        let urls: Vec<String> = config
+            .remote_write
+            .iter()
+            .map(|r| r.url.to_string())
+            .collect();
         assert_eq!(urls, ["http://a/api/v1/write", "http://b/api/v1/write"]);
     }
 

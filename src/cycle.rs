@@ -42,8 +42,8 @@ impl Resolvers {
                 None => default_jobs.push(job.clone()),
             }
         }
-        let mut calls = vec![self.default.resolve(&default_jobs)];
         let empty = Vec::new();
+        let mut calls = vec![self.default.resolve(&default_jobs)];
         for (name, resolver) in &self.by_cluster {
             let jobs = cluster_jobs.get(name.as_str()).unwrap_or(&empty);
             calls.push(resolver.resolve(jobs));
@@ -172,7 +172,10 @@ impl Cycle {
         }
 
         collector_duration.push([("collector", "prow")], prow_elapsed.as_secs_f64());
-        collector_success.push([("collector", "prow")], if prow_result.is_ok() { 1.0 } else { 0.0 });
+        collector_success.push(
+            [("collector", "prow")],
+            if prow_result.is_ok() { 1.0 } else { 0.0 },
+        );
         let (prow_up, jobs) = match prow_result {
             Ok(jobs) => (true, jobs),
             Err(e) => {
@@ -193,7 +196,10 @@ impl Cycle {
         };
         collector_duration.push([("collector", "ci")], t0.elapsed().as_secs_f64());
         let unresolved = job_users.iter().filter(|j| j.identities.is_empty()).count();
-        collector_success.push([("collector", "ci")], if unresolved == 0 { 1.0 } else { 0.0 });
+        collector_success.push(
+            [("collector", "ci")],
+            if unresolved == 0 { 1.0 } else { 0.0 },
+        );
 
         let input = CycleInput {
             vcenters,
@@ -233,7 +239,10 @@ impl Cycle {
                 metrics::CYCLE_DURATION,
                 "Time the last cycle took to gather and correlate.",
             )
-            .with(Vec::<(String, String)>::new(), started.elapsed().as_secs_f64()),
+            .with(
+                Vec::<(String, String)>::new(),
+                started.elapsed().as_secs_f64(),
+            ),
         );
 
         let snapshot = Arc::new(Snapshot {
@@ -278,9 +287,11 @@ impl Cycle {
     pub async fn shutdown(&self, sinks_too: bool) -> Vec<String> {
         let mut failures = Vec::new();
         if sinks_too {
-            let results = join_all(self.sinks.iter().map(|sink| async move {
-                (sink.name().to_string(), sink.shutdown().await)
-            }))
+            let results = join_all(
+                self.sinks
+                    .iter()
+                    .map(|sink| async move { (sink.name().to_string(), sink.shutdown().await) }),
+            )
             .await;
             for (name, result) in results {
                 if let Err(e) = result {
@@ -289,9 +300,12 @@ impl Cycle {
                 }
             }
         }
-        let results = join_all(self.sources.vcenters.iter().map(|client| async move {
-            (client.host().to_string(), client.logout().await)
-        }))
+        let results = join_all(
+            self.sources
+                .vcenters
+                .iter()
+                .map(|client| async move { (client.host().to_string(), client.logout().await) }),
+        )
         .await;
         for (host, result) in results {
             match result {

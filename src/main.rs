@@ -25,7 +25,10 @@ fn main() -> ExitCode {
     };
     init_logging(&config.log_level, config.log_format);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -38,7 +41,13 @@ fn main() -> ExitCode {
         Err(e) => {
             tracing::error!(error = %e, "Start-up failed");
             eprintln!("error: {e}");
-            ExitCode::from(if matches!(e, vsphere_ci_session_metrics::Error::Config(_)) { 2 } else { 1 })
+            ExitCode::from(
+                if matches!(e, vsphere_ci_session_metrics::Error::Config(_)) {
+                    2
+                } else {
+                    1
+                },
+            )
         }
     }
 }

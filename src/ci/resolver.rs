@@ -201,13 +201,20 @@ impl IdentityResolver {
             }
         }
         let mut seen = HashSet::new();
-        let todo: Vec<&RunningJob> = jobs
+        // Owned jobs: a stream of futures over borrowed jobs trips the
+        // compiler's higher-ranked `Send` check when the cycle runs in a
+        // spawned task.
+        let todo: Vec<RunningJob> = jobs
             .iter()
             .filter(|j| !known.contains_key(&j.id) && seen.insert(j.id.as_str()))
+            .cloned()
             .collect();
         let concurrency = self.options.concurrency.max(1);
         let resolved: Vec<(String, Vec<CiIdentity>)> = futures::stream::iter(todo)
-            .map(|job| async move { (job.id.clone(), self.resolve_uncached(job).await) })
+            .map(|job| async move {
+                let users = self.resolve_uncached(&job).await;
+                (job.id, users)
+            })
             .buffer_unordered(concurrency)
             .collect()
             .await;
