@@ -25,6 +25,20 @@ log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 
 log "cargo test"
-cargo test --locked --no-fail-fast
+results=$(mktemp)
+trap 'rm -f "$results"' EXIT
+set +e
+cargo test --locked --no-fail-fast 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
 
-log "All tests passed"
+# One closing line over every test binary (unit, integration, doc tests).
+echo
+awk '/^test result:/ {
+       for (i = 1; i < NF; i++) {
+         if ($(i + 1) ~ /^passed/) passed += $i
+         if ($(i + 1) ~ /^failed/) failed += $i
+       }
+     }
+     END { printf "tests: %d passed, %d failed\n", passed, failed }' "$results"
+exit "$status"

@@ -668,7 +668,8 @@ mod tests {
 
     #[test]
     fn bad_settings_name_the_flag_and_its_environment_variable() {
-        let cases: Vec<(Box<dyn Fn(&mut Flags)>, &str)> = vec![
+        type Change = Box<dyn Fn(&mut Flags)>;
+        let cases: Vec<(Change, &str)> = vec![
             (
                 Box::new(|f| f.vsphere = None),
                 "--vsphere (VSPHERE) is required",

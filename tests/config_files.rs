@@ -1,0 +1,54 @@
+//! The configuration files shipped in `config/` parse and validate, so the
+//! examples in the README and the manifests never rot.
+
+use vsphere_ci_session_metrics::cli::Flags;
+use vsphere_ci_session_metrics::config::{Config, ProwSourceConfig};
+
+#[test]
+fn the_example_config_file_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    // The example names a password file under /etc; point at a real one.
+    let text = std::fs::read_to_string("config/example.yaml")
+        .unwrap()
+        .replace(
+            "/etc/reporter-secret/vsphere-password",
+            &dir.path().join("pw").display().to_string(),
+        );
+    std::fs::write(dir.path().join("pw"), "secret\n").unwrap();
+    let path = dir.path().join("example.yaml");
+    std::fs::write(&path, text).unwrap();
+    let flags = Flags {
+        config: Some(path),
+        ..Flags::default()
+    };
+    let config = Config::build(&flags).unwrap();
+    assert_eq!(config.vcenters.len(), 1);
+    assert_eq!(config.vcenters[0].host, "vcenter.ci.example.com");
+    assert_eq!(config.vcenters[0].password.expose(), "secret");
+    assert_eq!(config.remote_write.len(), 1);
+    assert_eq!(config.build_clusters.len(), 1);
+    assert_eq!(
+        config.external_labels,
+        vec![("reporter".to_string(), "ci-sessions".to_string())]
+    );
+    assert!(matches!(config.prow, ProwSourceConfig::Deck { .. }));
+}
+
+#[test]
+fn the_kubernetes_manifests_and_alert_rules_are_valid_yaml() {
+    for file in [
+        "config/kubernetes/rbac.yaml",
+        "config/kubernetes/deployment.yaml",
+        "config/kubernetes/cronjob.yaml",
+        "config/alerts.yaml",
+    ] {
+        let text = std::fs::read_to_string(file).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value =
+                serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(value.is_mapping(), "{file}: every document is a mapping");
+        }
+    }
+}
+
+use serde::Deserialize as _;
