@@ -1,6 +1,7 @@
 //! The binary: parse the command line, build the configuration, set up
 //! logging, run. Everything else lives in the library.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -61,8 +62,11 @@ fn init_logging(level: &str, format: LogFormat) {
             level.to_ascii_lowercase()
         ))
     });
+    // Colours only on a terminal: logs collected from a pod or a file stay
+    // plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().init(),
