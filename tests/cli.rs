@@ -948,10 +948,30 @@ async fn an_ended_job_vanishes_at_once_and_sigterm_leaves_nothing_behind() {
         expected_correlated(&[&JOB_A, &JOB_B]).len()
     );
 
-    // SIGTERM: exit 0 after stale markers for every live series, and logout.
+    // SIGTERM in the middle of a cycle (deck answers slowly and the request
+    // has arrived): the cycle finishes, then stale markers for every live
+    // series, logout, exit 0.
+    world
+        .ci
+        .set_fault(Route::Deck, fake_ci::Fault::delay(Duration::from_secs(2)));
+    let requests = world.ci.count(Route::Deck);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while world.ci.count(Route::Deck) == requests {
+        assert!(Instant::now() < deadline, "no cycle reached deck");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     reporter.terminate();
     let status = reporter.wait_exit(Duration::from_secs(30));
-    assert!(status.success(), "log:\n{}", reporter.log());
+    let log = reporter.log();
+    assert!(status.success(), "log:\n{log}");
+    let after_signal = log
+        .split("Shutting down")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no shutdown line:\n{log}"));
+    assert!(
+        after_signal.contains("Cycle finished"),
+        "the running cycle was not let finish:\n{log}"
+    );
     assert!(
         prometheus
             .query("vsphere_ci_user_sessions_correlated", now())
