@@ -110,7 +110,7 @@ done
 say "/metrics: sessions per CI job, user and user agent (the original's series)"
 grep '^vsphere_ci_user_sessions_correlated{' "$work/metrics"
 say "/metrics: exact sessions per user and agent, each counted once, and jobs per user"
-grep -E '^vsphere_ci_user_sessions_(open|user_jobs|vcenter_sessions|vcenter_up|prow_up|vcenter_logins_total)\b' "$work/metrics"
+grep -E '^vsphere_ci_user_sessions_(open|user_jobs|vcenter_sessions|vcenter_up|prow_up|reporter_logins_total)\b' "$work/metrics"
 
 say "Prometheus: sum by (username) (vsphere_ci_user_sessions_open)"
 for _ in $(seq 1 50); do

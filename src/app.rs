@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::ci::{IdentityResolver, ResolverOptions};
 use crate::config::{BuildCluster, Config, ProwSourceConfig};
@@ -61,7 +61,9 @@ pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>)
             kubeconfig,
             namespace,
         } => {
-            let client = kube_client(Some(kubeconfig), "prow").await?;
+            let client = kube_client(Some(kubeconfig), "prow")
+                .await
+                .map_err(|e| Error::Config(format!("--prow-kubeconfig (PROW_KUBECONFIG): {e}")))?;
             ProwSource::Api(ProwJobApiSource::new(
                 client,
                 namespace.clone(),
@@ -75,10 +77,14 @@ pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>)
         call_timeout: config.kube_timeout,
         ..ResolverOptions::default()
     };
-    let resolver = |cluster: BuildCluster| {
+    // A kubeconfig that cannot be loaded is a bad setting: it fails at start
+    // (exit 2) naming where it came from.
+    let resolver = |cluster: BuildCluster, origin: String| {
         let options = options.clone();
         async move {
-            let client = kube_client(cluster.kubeconfig.as_deref(), &cluster.name).await?;
+            let client = kube_client(cluster.kubeconfig.as_deref(), &cluster.name)
+                .await
+                .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
             Ok::<_, Error>(Arc::new(IdentityResolver::new(
                 client,
                 cluster.name,
@@ -86,10 +92,18 @@ pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>)
             )))
         }
     };
-    let default = resolver(config.default_build_cluster.clone()).await?;
+    let default = resolver(
+        config.default_build_cluster.clone(),
+        "--kubeconfig (KUBECONFIG)".to_string(),
+    )
+    .await?;
     let mut by_cluster = HashMap::new();
-    for cluster in &config.build_clusters {
-        by_cluster.insert(cluster.name.clone(), resolver(cluster.clone()).await?);
+    for (i, cluster) in config.build_clusters.iter().enumerate() {
+        let origin = format!("build_clusters[{i}] ({})", cluster.name);
+        by_cluster.insert(
+            cluster.name.clone(),
+            resolver(cluster.clone(), origin).await?,
+        );
     }
 
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
@@ -108,6 +122,8 @@ pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>)
         vcenters,
         prow,
         prow_timeout: config.prow_timeout,
+        // Three rounds of calls: namespace, log or secret, with room to spare.
+        ci_timeout: config.kube_timeout * 3,
         resolvers: Resolvers {
             default,
             by_cluster,
@@ -128,13 +144,26 @@ pub async fn run(
     let cycle = Arc::new(cycle);
     match mode {
         Mode::Once => {
-            let report = cycle.run().await;
-            let mut failures = report.failures;
+            // A signal during `once` (a CronJob's deadline, a node drain)
+            // stops the cycle but still logs out, so no session is left.
+            tokio::pin!(shutdown);
+            let mut failures = tokio::select! {
+                report = cycle.run() => report.failures,
+                () = &mut shutdown => {
+                    warn!("Signal received: stopping the cycle");
+                    vec!["interrupted by a signal".to_string()]
+                }
+            };
             failures.extend(cycle.shutdown(false).await);
-            for failure in &failures {
-                error!(failure = %failure, "Once: failed");
+            if failures.is_empty() {
+                info!("Once: every source and sink succeeded");
+                Ok(0)
+            } else {
+                // The cycle logged each failure as it happened; this is the
+                // one summary line a cron mail or a CronJob's status shows.
+                error!(failures = %failures.join("; "), "Once failed");
+                Ok(1)
             }
-            Ok(if failures.is_empty() { 0 } else { 1 })
         }
         Mode::Start => {
             // One shutdown signal fans out to the HTTP server and the

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::secret::Secret;
+
 /// Correlates vCenter sessions with the OpenShift CI jobs holding them and
 /// publishes the series to Prometheus (local /metrics, remote-write, Pushgateway).
 #[derive(Debug, Parser)]
@@ -44,7 +46,8 @@ pub enum LogFormat {
 }
 
 /// Every flag of `start` and `once`. Environment variable names are the
-/// original exporter's where it had one.
+/// original exporter's where it had one. `Debug` shows the password as
+/// `<redacted>` (it is a [`Secret`]).
 #[derive(Debug, Clone, Default, Args)]
 pub struct Flags {
     /// YAML configuration file; flags and environment variables override it.
@@ -87,7 +90,7 @@ pub struct Flags {
         value_name = "PASSWORD",
         hide_env_values = true
     )]
-    pub vsphere_passwd: Option<String>,
+    pub vsphere_passwd: Option<Secret>,
 
     /// File holding the vSphere password (one trailing newline is ignored).
     #[arg(long, env = "VSPHERE_PASSWD_FILE", value_name = "FILE")]
@@ -124,7 +127,8 @@ pub struct Flags {
     pub interval: Option<String>,
 
     /// Cron expression for cycles: 5 fields as in crontab and Kubernetes
-    /// CronJob, or 6 with seconds first. Overrides --interval.
+    /// CronJob, or 6 with seconds first; a duration (e.g. 30s) means that
+    /// interval. Overrides --interval.
     #[arg(long, env = "SCHEDULE", value_name = "CRON")]
     pub schedule: Option<String>,
 

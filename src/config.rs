@@ -211,7 +211,7 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
                     "--vsphere-passwd (VSPHERE_PASSWD) and --vsphere-passwd-file (VSPHERE_PASSWD_FILE) exclude each other".into(),
                 ));
             }
-            (Some(p), None) => Secret::new(p.clone()),
+            (Some(p), None) => p.clone(),
             (None, Some(path)) => read_secret(path, "--vsphere-passwd-file (VSPHERE_PASSWD_FILE)")?,
             (None, None) => base
                 .as_ref()
@@ -256,15 +256,21 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             "--vsphere (VSPHERE) is required (or vcenters in the --config file): the vCenter host whose sessions to list".into(),
         ));
     }
-    if let Some(ca) = vcenters
-        .iter()
-        .filter_map(|v| v.ca_file.as_ref())
-        .find(|p| !p.is_file())
-    {
+    if let Some(ca) = flags.vsphere_ca_file.as_ref().filter(|p| !p.is_file()) {
         return Err(Error::Config(format!(
             "--vsphere-ca-file (VSPHERE_CA_FILE) {}: no such file",
             ca.display()
         )));
+    }
+    let mut hosts = std::collections::BTreeSet::new();
+    for vc in &vcenters {
+        if !hosts.insert(vc.host.as_str()) {
+            return Err(Error::Config(format!(
+                "{}: vCenter {} is listed twice",
+                at("vcenters"),
+                vc.host
+            )));
+        }
     }
 
     // Prow.
@@ -323,9 +329,14 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
                 at(&format!("build_clusters[{i}].name"))
             )));
         }
+        // Without a kubeconfig of its own, a build cluster uses the default
+        // one, where a context named like the cluster is picked if present.
         build_clusters.push(BuildCluster {
             name: c.name.clone(),
-            kubeconfig: c.kubeconfig.clone(),
+            kubeconfig: c
+                .kubeconfig
+                .clone()
+                .or_else(|| default_build_cluster.kubeconfig.clone()),
         });
     }
     let kube_timeout = duration_or(
@@ -336,10 +347,10 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
 
     // Schedule: --schedule > file schedule > --interval > file interval.
     let schedule = if let Some(expr) = &flags.schedule {
-        Schedule::cron(expr)?
+        Schedule::parse(expr)?
     } else if flags.interval.is_none() && file.schedule.is_some() {
         let expr = file.schedule.as_deref().unwrap_or_default();
-        Schedule::cron(expr).map_err(|e| Error::Config(format!("{}: {e}", at("schedule"))))?
+        Schedule::parse(expr).map_err(|e| Error::Config(format!("{}: {e}", at("schedule"))))?
     } else {
         let interval = match &flags.interval {
             Some(raw) => parse_duration(raw)
@@ -436,10 +447,27 @@ fn vcenter_from_file(
         (None, Some(path)) => read_secret(path, &field("password_file"))?,
         (None, None) => Secret::default(),
     };
+    let username = entry.username.clone().unwrap_or_default();
+    if username.is_empty() {
+        return Err(Error::Config(format!("{}: is required", field("username"))));
+    }
+    if password.is_empty() {
+        return Err(Error::Config(format!(
+            "{}: a password or password_file is required",
+            field("password")
+        )));
+    }
+    if let Some(ca) = entry.ca_file.as_ref().filter(|p| !p.is_file()) {
+        return Err(Error::Config(format!(
+            "{}: {}: no such file",
+            field("ca_file"),
+            ca.display()
+        )));
+    }
     Ok(VcenterConfig {
         host: host_label(&url),
         url,
-        username: entry.username.clone().unwrap_or_default(),
+        username,
         password,
         user_agent: entry
             .user_agent
@@ -582,7 +610,7 @@ mod tests {
         Flags {
             vsphere: Some("vc.example.com".into()),
             vsphere_user: Some("administrator@vsphere.local".into()),
-            vsphere_passwd: Some("tops3cret".into()),
+            vsphere_passwd: Some(Secret::new("tops3cret")),
             kubeconfig: Some("mykc".into()),
             ..Flags::default()
         }
@@ -815,5 +843,64 @@ mod tests {
         let pg = config.pushgateway.unwrap();
         assert_eq!(pg.job, "vsphere-ci-session-metrics");
         assert_eq!(pg.grouping.get("instance").map(String::as_str), Some("ci"));
+    }
+
+    #[test]
+    fn bad_file_vcenters_fail_at_start_naming_the_field() {
+        let cases = [
+            (
+                "vcenters:\n  - url: a.example.com\n    password: p\n",
+                "c.yaml: vcenters[0].username: is required",
+            ),
+            (
+                "vcenters:\n  - url: a.example.com\n    username: u\n",
+                "c.yaml: vcenters[0].password: a password or password_file is required",
+            ),
+            (
+                "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n    ca_file: /nonexistent/ca.pem\n",
+                "c.yaml: vcenters[0].ca_file: /nonexistent/ca.pem: no such file",
+            ),
+            (
+                "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n  - url: https://A.example.com:443\n    username: u\n    password: p\n",
+                "c.yaml: vcenters: vCenter a.example.com is listed twice",
+            ),
+        ];
+        for (text, want) in cases {
+            let f = Flags::default();
+            let err = merge(&f, yaml(text), "c.yaml").unwrap_err().to_string();
+            assert_eq!(err, want);
+        }
+    }
+
+    #[test]
+    fn build_clusters_without_a_kubeconfig_use_the_default_one() {
+        let file = yaml(
+            "build_clusters:\n  - name: vsphere02\n  - name: vsphere03\n    kubeconfig: other\n",
+        );
+        let config = merge(&flags(), file, "c").unwrap();
+        let kubeconfigs: Vec<Option<PathBuf>> = config
+            .build_clusters
+            .iter()
+            .map(|c| c.kubeconfig.clone())
+            .collect();
+        assert_eq!(kubeconfigs, [Some("mykc".into()), Some("other".into())]);
+    }
+
+    #[test]
+    fn schedule_takes_a_cron_expression_or_a_duration() {
+        let mut f = flags();
+        f.schedule = Some("30s".into());
+        let config = merge(&f, FileConfig::default(), "").unwrap();
+        assert_eq!(config.schedule, Schedule::Interval(Duration::from_secs(30)));
+        f.schedule = Some("*/5 * * * *".into());
+        let config = merge(&f, FileConfig::default(), "").unwrap();
+        assert!(matches!(config.schedule, Schedule::Cron(_)));
+    }
+
+    #[test]
+    fn the_flags_debug_output_hides_the_password() {
+        let f = flags();
+        let debug = format!("{f:?}");
+        assert!(!debug.contains("tops3cret"), "{debug}");
     }
 }

@@ -21,6 +21,11 @@ use crate::sink::Sink;
 use crate::sink::scrape::LatestSnapshot;
 use crate::vcenter::VcenterClient;
 
+/// Time the sinks get on shutdown for their stale markers and group
+/// deletion. With [`crate::app::DRAIN_TIMEOUT`] it stays under the 30 s
+/// Kubernetes gives a pod between SIGTERM and SIGKILL.
+pub const SINK_SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
+
 /// The CI-user resolvers of the build clusters.
 pub struct Resolvers {
     /// For jobs whose `spec.cluster` has no resolver of its own.
@@ -61,6 +66,8 @@ pub struct Sources {
     /// Bound of one job listing (deck is tens of MB).
     pub prow_timeout: Duration,
     pub resolvers: Resolvers,
+    /// Bound of the whole CI-user step of a cycle.
+    pub ci_timeout: Duration,
 }
 
 /// The outcome of one cycle.
@@ -161,7 +168,7 @@ impl Cycle {
                 }
                 Err(e) => {
                     error!(vcenter = %host, kind = e.kind(), error = %e, "Listing vCenter sessions failed");
-                    failures.push(format!("vcenter {host}: {e}"));
+                    failures.push(e.to_string());
                     None
                 }
             };
@@ -180,7 +187,7 @@ impl Cycle {
             Ok(jobs) => (true, jobs),
             Err(e) => {
                 error!(source = %self.sources.prow.describe(), kind = e.kind(), error = %e, "Listing running jobs failed");
-                failures.push(format!("prow {}: {e}", self.sources.prow.describe()));
+                failures.push(e.to_string());
                 (false, Vec::new())
             }
         };
@@ -189,10 +196,28 @@ impl Cycle {
         // down the resolvers are not called, so their caches survive the
         // outage instead of being emptied by an empty job list.
         let t0 = Instant::now();
-        let job_users = if prow_up {
-            self.sources.resolvers.resolve(&jobs).await
-        } else {
+        let job_users = if !prow_up {
             Vec::new()
+        } else {
+            match tokio::time::timeout(
+                self.sources.ci_timeout,
+                self.sources.resolvers.resolve(&jobs),
+            )
+            .await
+            {
+                Ok(job_users) => job_users,
+                Err(_) => {
+                    // Each call has its own deadline; this bounds a cycle
+                    // with many new jobs. They are tried again next cycle.
+                    warn!(timeout = ?self.sources.ci_timeout, jobs = jobs.len(), "Resolving CI users ran out of time");
+                    jobs.iter()
+                        .map(|job| JobUsers {
+                            job: job.clone(),
+                            identities: Vec::new(),
+                        })
+                        .collect()
+                }
+            }
         };
         collector_duration.push([("collector", "ci")], t0.elapsed().as_secs_f64());
         let unresolved = job_users.iter().filter(|j| j.identities.is_empty()).count();
@@ -224,7 +249,7 @@ impl Cycle {
             ),
         );
         let mut logins = MetricFamily::counter(
-            metrics::VCENTER_LOGINS_TOTAL,
+            metrics::REPORTER_LOGINS_TOTAL,
             "Logins of the reporter to the vCenter since start; 1 when its session is reused as it should be.",
         );
         for client in &self.sources.vcenters {
@@ -284,34 +309,48 @@ impl Cycle {
     /// (each sink's own `shutdown`), then log out of every vCenter. `once`
     /// skips the sinks' part, since a stale marker right after the only push
     /// would hide what was just pushed.
+    ///
+    /// Logout runs alongside the sinks, not after them: a dead sink spending
+    /// its whole budget must never keep the reporter from releasing its
+    /// vCenter session before Kubernetes' SIGKILL.
     pub async fn shutdown(&self, sinks_too: bool) -> Vec<String> {
-        let mut failures = Vec::new();
-        if sinks_too {
-            let results = join_all(
-                self.sinks
-                    .iter()
-                    .map(|sink| async move { (sink.name().to_string(), sink.shutdown().await) }),
-            )
-            .await;
-            for (name, result) in results {
-                if let Err(e) = result {
-                    warn!(sink = %name, error = %e, "Sink shutdown failed");
-                    failures.push(format!("sink {name}: {e}"));
-                }
+        let sinks = async {
+            if !sinks_too {
+                return Vec::new();
             }
-        }
-        let results = join_all(
+            join_all(self.sinks.iter().map(|sink| async move {
+                let result = tokio::time::timeout(SINK_SHUTDOWN_BUDGET, sink.shutdown())
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(crate::Error::Timeout {
+                            what: format!("{} shutdown", sink.name()),
+                            timeout: SINK_SHUTDOWN_BUDGET,
+                        })
+                    });
+                (sink.name().to_string(), result)
+            }))
+            .await
+        };
+        let logouts = join_all(
             self.sources
                 .vcenters
                 .iter()
                 .map(|client| async move { (client.host().to_string(), client.logout().await) }),
-        )
-        .await;
+        );
+        let (sink_results, logout_results) = tokio::join!(sinks, logouts);
+
+        let mut failures = Vec::new();
+        for (name, result) in sink_results {
+            if let Err(e) = result {
+                warn!(sink = %name, error = %e, "Sink shutdown failed");
+                failures.push(format!("sink {name}: {e}"));
+            }
+        }
         // The client logs a successful logout itself.
-        for (host, result) in results {
+        for (host, result) in logout_results {
             if let Err(e) = result {
                 warn!(vcenter = %host, error = %e, "Logout failed");
-                failures.push(format!("vcenter {host}: logout: {e}"));
+                failures.push(format!("logout: {e}"));
             }
         }
         failures

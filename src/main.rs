@@ -40,7 +40,7 @@ fn main() -> ExitCode {
         Ok(0) => ExitCode::SUCCESS,
         Ok(code) => ExitCode::from(code.clamp(1, 255) as u8),
         Err(e) => {
-            tracing::error!(error = %e, "Start-up failed");
+            // One line, as for a bad flag; logging may not even be readable yet.
             eprintln!("error: {e}");
             ExitCode::from(
                 if matches!(e, vsphere_ci_session_metrics::Error::Config(_)) {

@@ -28,12 +28,15 @@ pub const OPEN_SESSIONS: &str = "vsphere_ci_user_sessions_open";
 /// correlated series of that user repeat the same counts once per job.
 pub const USER_JOBS: &str = "vsphere_ci_user_sessions_user_jobs";
 /// Every session on the vCenter, CI or not: how close it is to its limit.
+/// Named like the original's `vcenter_up`: the vCenter is the subject here,
+/// not a label split into the name.
 pub const VCENTER_SESSIONS: &str = "vsphere_ci_user_sessions_vcenter_sessions";
 /// Running vSphere jobs found in Prow this cycle.
 pub const RUNNING_JOBS: &str = "vsphere_ci_user_sessions_running_jobs";
 /// Running jobs whose CI user could not be worked out (yet) this cycle.
 pub const UNRESOLVED_JOBS: &str = "vsphere_ci_user_sessions_unresolved_jobs";
-/// Wall time of the last cycle, gather to publish.
+/// Wall time of the last cycle to gather and correlate (publishing follows
+/// the snapshot, so it cannot be in it).
 pub const CYCLE_DURATION: &str = "vsphere_ci_user_sessions_cycle_duration_seconds";
 /// Wall time of each collector (vcenter, prow, ci) in the last cycle.
 pub const COLLECTOR_DURATION: &str = "vsphere_ci_user_sessions_collector_duration_seconds";
@@ -41,7 +44,7 @@ pub const COLLECTOR_DURATION: &str = "vsphere_ci_user_sessions_collector_duratio
 pub const COLLECTOR_SUCCESS: &str = "vsphere_ci_user_sessions_collector_success";
 /// Logins the reporter made to a vCenter since start: 1 in a steady state;
 /// a rising value means its session keeps being terminated or expiring.
-pub const VCENTER_LOGINS_TOTAL: &str = "vsphere_ci_user_sessions_vcenter_logins_total";
+pub const REPORTER_LOGINS_TOTAL: &str = "vsphere_ci_user_sessions_reporter_logins_total";
 /// Scheduler ticks skipped because the previous cycle was still running.
 pub const CYCLES_SKIPPED_TOTAL: &str = "vsphere_ci_user_sessions_cycles_skipped_total";
 

@@ -51,11 +51,56 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Deserialised from a plain string, so config files can hold a secret
-/// inline (a `*_file` field is the better habit).
+/// Parsed from a flag or environment variable (clap) without ever failing.
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
+/// Deserialised from a string, so config files can hold a secret inline (a
+/// `*_file` field is the better habit). A number or boolean is refused
+/// without echoing it: serde's own message would quote the value, which
+/// here is a password.
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        struct SecretVisitor;
+
+        impl serde::de::Visitor<'_> for SecretVisitor {
+            type Value = Secret;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string (quote the value)")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+                Ok(Secret(v))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string (quote the value)"))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string (quote the value)"))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string (quote the value)"))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+                Err(E::custom("a secret must be a string (quote the value)"))
+            }
+        }
+
+        deserializer.deserialize_str(SecretVisitor)
     }
 }
 
@@ -68,6 +113,17 @@ mod tests {
         let s = Secret::new("tops3cret");
         assert_eq!(format!("{s:?} {s}"), "<redacted> <redacted>");
         assert_eq!(s.expose(), "tops3cret");
+    }
+
+    #[test]
+    fn a_numeric_secret_in_yaml_is_refused_without_echoing_it() {
+        let err = serde_yaml::from_str::<Secret>("123456")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("quote the value"), "{err}");
+        assert!(!err.contains("123456"), "{err}");
+        let ok: Secret = serde_yaml::from_str("\"123456\"").unwrap();
+        assert_eq!(ok.expose(), "123456");
     }
 
     #[test]

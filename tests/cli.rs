@@ -465,6 +465,34 @@ fn a_bad_setting_fails_at_start_with_one_line_naming_the_flag() {
             ],
             "error: --config (CONFIG) /nonexistent/c.yaml: cannot read",
         ),
+        (
+            &[
+                "once",
+                "--vsphere",
+                "vc",
+                "--vsphere-user",
+                "u",
+                "--vsphere-passwd",
+                "tops3cret",
+                "--kubeconfig",
+                "/nonexistent/kc",
+            ],
+            "error: --kubeconfig (KUBECONFIG): ",
+        ),
+        (
+            &[
+                "once",
+                "--vsphere",
+                "vc",
+                "--vsphere-user",
+                "u",
+                "--vsphere-passwd",
+                "tops3cret",
+                "--schedule",
+                "0s",
+            ],
+            "error: --schedule",
+        ),
     ];
     for (args, want) in cases {
         let (status, log, _) = run_to_end(&strings(args), dir.path(), Duration::from_secs(10));
@@ -528,7 +556,7 @@ async fn start_serves_exact_correlated_counts_and_holds_one_session_however_many
     assert_eq!(
         value_of(
             &text,
-            &format!("vsphere_ci_user_sessions_vcenter_logins_total{{vcenter=\"{VCENTER}\"}}")
+            &format!("vsphere_ci_user_sessions_reporter_logins_total{{vcenter=\"{VCENTER}\"}}")
         ),
         Some(1.0)
     );
@@ -628,7 +656,7 @@ async fn a_session_terminated_from_outside_is_replaced_by_exactly_one() {
         |t| {
             value_of(
                 t,
-                &format!("vsphere_ci_user_sessions_vcenter_logins_total{{vcenter=\"{VCENTER}\"}}"),
+                &format!("vsphere_ci_user_sessions_reporter_logins_total{{vcenter=\"{VCENTER}\"}}"),
             ) == Some(2.0)
         },
     )
@@ -980,4 +1008,43 @@ async fn an_ended_job_vanishes_at_once_and_sigterm_leaves_nothing_behind() {
         "stale markers on shutdown hide every series"
     );
     assert_eq!(world.reporter_sessions().await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_once_still_logs_out_and_exits_non_zero() {
+    let world = World::start().await;
+    // deck answers slowly, so the signal lands in the middle of the cycle.
+    world
+        .ci
+        .set_fault(Route::Deck, fake_ci::Fault::delay(Duration::from_secs(20)));
+    let mut args = vec!["once".to_string()];
+    args.extend(world.flags());
+    args.extend(strings(&["--listen-port", "0"]));
+    let mut reporter = Reporter::spawn(&args, world.dir.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while world.ci.count(Route::Deck) == 0 {
+        assert!(Instant::now() < deadline, "the cycle never reached deck");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The vCenter side runs beside deck; wait until the reporter holds its
+    // session, so the signal has one to release.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while world.reporter_sessions().await == 0 {
+        assert!(Instant::now() < deadline, "the reporter never logged in");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    reporter.terminate();
+    let status = reporter.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1), "log:\n{}", reporter.log());
+    assert!(
+        reporter.log().contains("interrupted by a signal"),
+        "log:\n{}",
+        reporter.log()
+    );
+    assert_eq!(
+        world.reporter_sessions().await,
+        0,
+        "log:\n{}",
+        reporter.log()
+    );
 }
