@@ -121,7 +121,9 @@ mod tests {
         // YAML reads 123456 as a number; a password is its text.
         let s: Secret = serde_yaml::from_str("123456").unwrap();
         assert_eq!(s.expose(), "123456");
-        let err = serde_yaml::from_str::<Secret>("[hunter2]").unwrap_err().to_string();
+        let err = serde_yaml::from_str::<Secret>("[hunter2]")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("hunter2"), "{err}");
     }
 

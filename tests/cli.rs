@@ -314,6 +314,28 @@ async fn scrape_until(
     }
 }
 
+/// The exposition with the values that change from run to run (durations,
+/// the cycle count) replaced by `<varies>`.
+fn mask_varying(text: &str) -> String {
+    const VARYING: [&str; 3] = [
+        "vsphere_ci_user_sessions_collector_duration_seconds",
+        "vsphere_ci_user_sessions_cycle_duration_seconds",
+        "vsphere_ci_user_sessions_exporter_scrapes_total",
+    ];
+    let mut out = String::new();
+    for line in text.lines() {
+        if !line.starts_with('#') && VARYING.iter().any(|v| line.starts_with(v)) {
+            let (series, _) = line.rsplit_once(' ').unwrap_or((line, ""));
+            out.push_str(series);
+            out.push_str(" <varies>");
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 fn correlated_lines(text: &str) -> Vec<String> {
     let mut lines: Vec<String> = text
         .lines()
@@ -530,6 +552,16 @@ async fn start_serves_exact_correlated_counts_and_holds_one_session_however_many
         correlated_lines(&text),
         expected_correlated(&[&JOB_A, &JOB_B, &JOB_C]),
         "full output:\n{text}"
+    );
+    // The whole exposition, against the golden file. Its values follow from
+    // SEEDED and the scenario: 9 sessions (3 + 2 + 1 + 2 seeded and the
+    // reporter's own), ci-user-1 shared by jobs A and B, 4 running vSphere
+    // jobs (A, B, C and F, whose user is on another vCenter), none
+    // unresolved, one login. Durations and the cycle count vary: masked.
+    assert_eq!(
+        mask_varying(&text),
+        std::fs::read_to_string("tests/fixtures/golden/start_metrics.txt").unwrap(),
+        "/metrics differs from tests/fixtures/golden/start_metrics.txt"
     );
     // Exact per-user totals, whatever the number of jobs sharing the user.
     let open = |user: &str, agent: &str| {
