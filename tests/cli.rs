@@ -1080,3 +1080,101 @@ async fn sigterm_during_once_still_logs_out_and_exits_non_zero() {
         reporter.log()
     );
 }
+
+/// A vCenter stand-in whose every answer is `status` with `body`, for what
+/// vcsim cannot be made to do (run out of sessions, send broken XML).
+async fn broken_vcenter(status: u16, body: &'static str) -> String {
+    use axum::http::StatusCode;
+    let app = axum::Router::new().fallback(move || async move {
+        (
+            StatusCode::from_u16(status).expect("test statuses are valid"),
+            [("content-type", "text/xml; charset=utf-8")],
+            body,
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vcenter_out_of_sessions_or_sending_broken_xml_is_down_and_the_process_keeps_serving() {
+    let ci = FakeCi::start().await;
+    ci.set_scenario(scenario(true).into_scenario());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = ci.kubeconfig_in(dir.path());
+    for (status, body, logged) in [
+        (503, "Service Unavailable: too many sessions", "HTTP 503"),
+        (
+            200,
+            "<?xml version=\"1.0\"?><soapenv:Envelope><soapenv:Body><Retriev",
+            "malformed SOAP response",
+        ),
+    ] {
+        let vcenter = broken_vcenter(status, body).await;
+        let port = receivers::free_port();
+        let args = strings(&[
+            "start",
+            "--kubeconfig",
+            &kubeconfig.display().to_string(),
+            "--vsphere",
+            &vcenter,
+            "--vsphere-user",
+            REPORTER_USER,
+            "--vsphere-passwd",
+            "pw",
+            "--prow",
+            &ci.url(),
+            "--listen-port",
+            &port.to_string(),
+            "--interval",
+            "1s",
+        ]);
+        let mut reporter = Reporter::spawn(&args, dir.path());
+        let text = scrape_until(
+            &reporter,
+            port,
+            Duration::from_secs(30),
+            "two cycles",
+            |t| {
+                value_of(t, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap_or(0.0) >= 2.0
+            },
+        )
+        .await;
+        assert_eq!(
+            value_of(
+                &text,
+                "vsphere_ci_user_sessions_vcenter_up{vcenter=\"127.0.0.1\"}"
+            ),
+            Some(0.0)
+        );
+        // Prow and the build cluster still answer; the jobs are counted.
+        assert_eq!(
+            value_of(&text, "vsphere_ci_user_sessions_prow_up"),
+            Some(1.0)
+        );
+        assert_eq!(
+            value_of(&text, "vsphere_ci_user_sessions_running_jobs"),
+            Some(4.0)
+        );
+        let log = reporter.log();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Listing vCenter sessions failed") && l.contains(logged)),
+            "no clear log line with {logged:?}:\n{log}"
+        );
+        assert!(
+            reporter.child.try_wait().unwrap().is_none(),
+            "the reporter must keep running"
+        );
+        reporter.terminate();
+        assert!(
+            reporter.wait_exit(Duration::from_secs(30)).success(),
+            "{}",
+            reporter.log()
+        );
+    }
+}
