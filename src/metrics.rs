@@ -207,6 +207,16 @@ fn escape_help(help: &str) -> String {
     help.replace('\\', r"\\").replace('\n', r"\n")
 }
 
+/// Whether a label name is valid: `[a-zA-Z_][a-zA-Z0-9_]*`
+/// (<https://prometheus.io/docs/concepts/data_model/#metric-names-and-labels>).
+/// Names starting with `__` pass: they are reserved, and callers that must
+/// refuse them check that themselves.
+pub fn is_valid_label_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
 /// Go's formatting of floats as Prometheus writes them: integers without a
 /// fraction, special values by name.
 pub fn format_value(v: f64) -> String {
@@ -252,6 +262,16 @@ mod tests {
         assert_eq!(format_value(0.25), "0.25");
         assert_eq!(format_value(f64::NAN), "NaN");
         assert_eq!(format_value(f64::NEG_INFINITY), "-Inf");
+    }
+
+    #[test]
+    fn label_names_follow_the_prometheus_syntax() {
+        for good in ["username", "_x", "a1_B2", "__name__"] {
+            assert!(is_valid_label_name(good), "{good}");
+        }
+        for bad in ["", "1a", "user-name", "a.b", "a:b", "é", "a b"] {
+            assert!(!is_valid_label_name(bad), "{bad:?}");
+        }
     }
 
     #[test]

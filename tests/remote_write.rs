@@ -182,11 +182,20 @@ async fn a_prometheus_outage_within_the_buffer_bounds_leaves_no_gap() {
     let base = now_ms() - 60_000;
     let cycle_ts: Vec<i64> = (0..8).map(|i| base + i * 2_000).collect();
 
+    // Cycle 0 before the outage, 1..=4 during it, 5..=7 after it.
+    let outage = 1..5;
+    let samples_per_cycle = snapshot(0, &[("ci-a", 0.0)]).sample_count();
+
     sink.publish(snapshot(cycle_ts[0], &[("ci-a", 0.0)]))
         .await
         .expect("delivered before the outage");
     prom.stop();
-    for (i, ts) in cycle_ts.iter().enumerate().take(5).skip(1) {
+    for (i, ts) in cycle_ts
+        .iter()
+        .enumerate()
+        .take(outage.end)
+        .skip(outage.start)
+    {
         let started = Instant::now();
         let result = sink.publish(snapshot(*ts, &[("ci-a", i as f64)])).await;
         assert!(
@@ -198,9 +207,13 @@ async fn a_prometheus_outage_within_the_buffer_bounds_leaves_no_gap() {
             "publish is bounded"
         );
     }
-    assert_eq!(self_metric(&sink, BUFFERED_SAMPLES, &[]), 8.0);
+    // The same series every cycle: no staleness markers, nothing else buffered.
+    assert_eq!(
+        self_metric(&sink, BUFFERED_SAMPLES, &[]),
+        (outage.len() * samples_per_cycle) as f64
+    );
     prom.restart();
-    for (i, ts) in cycle_ts.iter().enumerate().skip(5) {
+    for (i, ts) in cycle_ts.iter().enumerate().skip(outage.end) {
         sink.publish(snapshot(*ts, &[("ci-a", i as f64)]))
             .await
             .expect("delivered after the outage, with the backlog");
@@ -736,6 +749,45 @@ async fn a_refused_connection_is_bounded_and_the_cycle_stays_buffered() {
 }
 
 #[tokio::test]
+async fn a_failed_request_never_shows_a_token_from_the_url_query() {
+    let port = free_port();
+    let mut cfg = config(&format!(
+        "http://127.0.0.1:{port}/api/v1/write?token=s3cr3t"
+    ));
+    cfg.remote_timeout = Duration::from_millis(300);
+    let sink = sink(cfg);
+    let err = sink
+        .publish(snapshot(now_ms(), &[("ci-a", 1.0)]))
+        .await
+        .expect_err("nothing listens");
+    assert!(
+        matches!(err, Error::RemoteWrite { status: None, .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("request failed"), "{message}");
+    assert!(message.contains(&format!("127.0.0.1:{port}")), "{message}");
+    assert!(!message.contains("s3cr3t"), "{message}");
+    assert!(!format!("{err:?}").contains("s3cr3t"), "{err:?}");
+    assert!(!sink.target_name().contains("s3cr3t"));
+}
+
+#[tokio::test]
+async fn a_url_with_user_info_is_refused_at_start_without_echoing_the_password() {
+    let stub = StubReceiver::start().await;
+    let url = stub.url.replace("http://", "http://user:pa55w0rd@");
+    let err = RemoteWriteSink::new(config(&url), Vec::new())
+        .expect_err("credentials belong in basic_auth");
+    let message = err.to_string();
+    assert!(
+        message.contains("must not carry credentials; use basic_auth"),
+        "{message}"
+    );
+    assert!(!message.contains("pa55w0rd"), "{message}");
+    assert!(stub.requests().is_empty());
+}
+
+#[tokio::test]
 async fn a_huge_error_body_is_cut_to_one_kib() {
     let stub = StubReceiver::start().await;
     stub.script([Reply::status(400).body("x".repeat(1024 * 1024))]);
@@ -983,11 +1035,78 @@ async fn explicit_v2_does_not_fall_back_on_415() {
 }
 
 #[tokio::test]
+async fn explicit_v2_fails_and_drops_the_cycle_when_samples_written_is_not_confirmed() {
+    // The stub answers 204 without the header, as a 1.0-only receiver does.
+    let stub = StubReceiver::start().await;
+    let mut cfg = config(&stub.url);
+    cfg.protocol = Some(Protocol::V2);
+    let sink = sink(cfg);
+    let snap = snapshot(now_ms(), &[("ci-a", 1.0)]);
+    let err = sink
+        .publish(Arc::clone(&snap))
+        .await
+        .expect_err("an unconfirmed 2.0 request is not a delivery");
+    assert!(
+        matches!(
+            err,
+            Error::RemoteWrite {
+                status: Some(204),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_retriable());
+    let message = err.to_string();
+    assert!(
+        message.contains("receiver does not support Remote-Write 2.0"),
+        "{message}"
+    );
+    assert!(message.contains("use protocol: v1 or auto"), "{message}");
+    let reqs = stub.requests();
+    assert_eq!(reqs.len(), 1, "not retried");
+    assert!(reqs[0].is_v2(), "no fallback with an explicit protocol");
+    assert_eq!(
+        self_metric(&sink, SAMPLES_DROPPED_TOTAL, &[("reason", "unsupported")]),
+        snap.sample_count() as f64
+    );
+    assert_eq!(
+        self_metric(&sink, SAMPLES_DROPPED_TOTAL, &[("reason", "rejected")]),
+        0.0
+    );
+    assert_eq!(self_metric(&sink, SAMPLES_SENT_TOTAL, &[]), 0.0);
+    assert_eq!(self_metric(&sink, BUFFERED_SAMPLES, &[]), 0.0);
+}
+
+#[tokio::test]
+async fn auto_falls_back_to_v1_when_a_confirmed_receiver_stops_confirming() {
+    let stub = StubReceiver::start().await;
+    stub.script([Reply::accepted_v2()]);
+    let mut cfg = config(&stub.url);
+    cfg.protocol = Some(Protocol::Auto);
+    let sink = sink(cfg);
+    let ts = now_ms();
+    sink.publish(snapshot(ts, &[("ci-a", 1.0)])).await.unwrap();
+    // From here the stub answers 204 without the header.
+    sink.publish(snapshot(ts + 1_000, &[("ci-a", 2.0)]))
+        .await
+        .unwrap();
+    let versions: Vec<bool> = stub.requests().iter().map(Captured::is_v2).collect();
+    assert_eq!(versions, [true, true, false]);
+    assert_eq!(
+        find(&stub.requests()[2].series(), GAUGE, Some("ci-a"))
+            .expect("the unconfirmed cycle is resent as 1.0")
+            .1,
+        [(ts + 1_000, 2.0)]
+    );
+}
+
+#[tokio::test]
 async fn self_metrics_name_the_target_without_credentials() {
     let stub = StubReceiver::start().await;
-    let url = stub.url.replace("http://", "http://user:pw@");
+    let url = format!("{}?token=s3cr3t", stub.url);
     let sink = sink(config(&url));
-    assert!(!sink.target_name().contains("pw"));
+    assert!(!sink.target_name().contains("s3cr3t"));
     sink.publish(snapshot(now_ms(), &[("ci-a", 1.0)]))
         .await
         .unwrap();

@@ -52,7 +52,9 @@ pub enum Protocol {
     /// Remote-Write 1.0 (`prometheus.WriteRequest`): every receiver speaks it.
     #[default]
     V1,
-    /// Remote-Write 2.0 (`io.prometheus.write.v2.Request`) only.
+    /// Remote-Write 2.0 (`io.prometheus.write.v2.Request`) only. A 2xx
+    /// without `X-Prometheus-Remote-Write-Samples-Written` means the receiver
+    /// does not speak 2.0: the cycle fails and is dropped, never retried.
     V2,
     /// Start with 2.0 and fall back to 1.0 for good (for this target, until
     /// restart) when the receiver shows it does not speak 2.0: HTTP 415, a 400
@@ -62,17 +64,19 @@ pub enum Protocol {
 }
 
 /// Settings of one remote-write target. Only `url` is required. `Debug`
-/// hides the URL's credentials, header values and every secret.
+/// hides the URL's query, header values and every secret.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RemoteWriteConfig {
     /// The receiver's endpoint, e.g. `http://prometheus:9090/api/v1/write`.
+    /// User info (`https://user:pass@host/`) is refused: use `basic_auth`.
+    /// A query string is sent but never printed, since it may hold a token.
     pub url: String,
     /// A name for logs and the `target` label of self-metrics; defaults to
-    /// the URL without credentials.
+    /// the URL without its query.
     pub name: Option<String>,
     /// Time allowed for one request, retries included (Prometheus's
-    /// duration syntax: `30s`, `1m`). Default `30s`. A publish spends at most
+    /// duration syntax: `30s`, `1m30s`, or a number of seconds). Default `30s`. A publish spends at most
     /// twice this in all, however much is buffered.
     #[serde(deserialize_with = "de_duration")]
     pub remote_timeout: Duration,
@@ -232,15 +236,36 @@ impl Default for RetryConfig {
     }
 }
 
+/// A duration as Prometheus writes it (`30s`, `1m30s`, `500ms`) or a bare
+/// number of seconds (`30`), parsed like every other duration of the config
+/// ([`crate::config::parse_duration`]).
 fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    parse_duration(&s).map_err(serde::de::Error::custom)
-}
+    struct DurationVisitor;
 
-/// Parse a Prometheus-style duration (`30s`, `1m30s`, `500ms`, `1h`).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("invalid duration {s:?} (expected e.g. \"30s\", \"5m\"): {e}"))
+    impl serde::de::Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as \"30s\", \"1m30s\" or a number of seconds")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
+            crate::config::parse_duration(s)
+                .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(secs))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Duration, E> {
+            u64::try_from(secs)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("invalid duration {secs}: must not be negative")))
+        }
+    }
+
+    d.deserialize_any(DurationVisitor)
 }
 
 fn de_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
@@ -260,10 +285,18 @@ impl RemoteWriteConfig {
     /// Check the settings; every message names the field.
     pub fn validate(&self) -> Result<(), Error> {
         let bad = |msg: String| Err(Error::Config(format!("remote_write: {msg}")));
+        // The URL is never printed as written: it may carry credentials.
         let url = match url::Url::parse(&self.url) {
             Ok(u) => u,
-            Err(e) => return bad(format!("url {:?} is not a valid URL: {e}", self.url)),
+            Err(e) => return bad(format!("url is not a valid URL: {e}")),
         };
+        if !url.username().is_empty() || url.password().is_some() {
+            // They would end up in every error message and log line that
+            // names the URL; basic_auth keeps them a Secret.
+            return Err(Error::Config(
+                "remote_write url: must not carry credentials; use basic_auth".to_string(),
+            ));
+        }
         if url.scheme() != "http" && url.scheme() != "https" {
             return bad(format!(
                 "url {:?}: the scheme must be http or https",
@@ -488,6 +521,58 @@ mod tests {
                 .contains("retry.max_backoff")
         );
         assert!(err("url: http://h/\ntenant: a\nheaders: {X-Scope-OrgID: b}").contains("tenant"));
+    }
+
+    #[test]
+    fn durations_take_prometheus_syntax_or_a_number_of_seconds() {
+        let c = parse(
+            "url: http://h/\n\
+             remote_timeout: 30\n\
+             max_buffered_age: 1m30s\n\
+             retry: {min_backoff: 500ms, max_backoff: \"2\"}\n",
+        )
+        .unwrap();
+        assert_eq!(c.remote_timeout, Duration::from_secs(30));
+        assert_eq!(c.max_buffered_age, Duration::from_secs(90));
+        assert_eq!(c.retry.min_backoff, Duration::from_millis(500));
+        assert_eq!(c.retry.max_backoff, Duration::from_secs(2));
+        assert_eq!(
+            parse("url: http://h/\nremote_timeout: 30s")
+                .unwrap()
+                .remote_timeout,
+            Duration::from_secs(30)
+        );
+        assert!(err("url: http://h/\nremote_timeout: -5").contains("invalid duration"));
+        assert!(err("url: http://h/\nremote_timeout: 1.5").contains("remote_timeout"));
+    }
+
+    #[test]
+    fn a_url_with_user_info_is_refused_without_echoing_it() {
+        for url in [
+            "https://user:pa55w0rd@mimir.example/api/v1/push",
+            "https://pa55w0rd@mimir.example/api/v1/push",
+        ] {
+            let message = err(&format!("url: {url}"));
+            assert!(
+                message.contains("must not carry credentials; use basic_auth"),
+                "{message}"
+            );
+            assert!(!message.contains("pa55w0rd"), "{message}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_url_is_refused_without_echoing_it() {
+        let message = err("url: \"https://user:pa55w0rd@mimir.example:99999/push\"");
+        assert!(message.contains("not a valid URL"), "{message}");
+        assert!(!message.contains("pa55w0rd"), "{message}");
+    }
+
+    #[test]
+    fn a_query_string_is_kept_for_requests_but_not_named() {
+        let c = parse("url: \"https://mimir.example/push?token=s3cr3t\"").unwrap();
+        assert!(c.url.contains("token=s3cr3t"));
+        assert!(!format!("{c:?}").contains("s3cr3t"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ use prost::Message as _;
 
 use super::proto::{v1, v2};
 use crate::error::Error;
-use crate::metrics::{MetricType, Snapshot};
+use crate::metrics::{MetricType, Snapshot, is_valid_label_name};
 
 /// The bits of Prometheus's staleness marker (`value.StaleNaN`). It must go on
 /// the wire exactly like this: a normalised NaN is an ordinary NaN sample and
@@ -120,16 +120,6 @@ pub struct Prepared {
     pub cycle: Cycle,
     /// Series dropped for breaking a label rule, with the reason for each.
     pub invalid: Vec<String>,
-}
-
-/// Whether a label name is valid: `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub fn is_valid_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(c) if c.is_ascii_alphabetic() || c == '_' => {}
-        _ => return false,
-    }
-    chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// Whether a metric name is valid: `[a-zA-Z_:][a-zA-Z0-9_:]*`.

@@ -64,7 +64,8 @@ pub const SAMPLES_FAILED_TOTAL: &str = "vsphere_ci_user_sessions_remote_write_sa
 pub const SAMPLES_RETRIED_TOTAL: &str =
     "vsphere_ci_user_sessions_remote_write_samples_retried_total";
 /// Samples never delivered, by `reason`: `rejected` (a 4xx), `buffer_full`,
-/// `too_old`, `invalid_series`, `out_of_order` (a cycle not newer than the last).
+/// `too_old`, `invalid_series`, `out_of_order` (a cycle not newer than the
+/// last), `unsupported` (`protocol: v2` and the receiver does not speak 2.0).
 pub const SAMPLES_DROPPED_TOTAL: &str =
     "vsphere_ci_user_sessions_remote_write_samples_dropped_total";
 /// Samples waiting in the outage buffer.
@@ -75,16 +76,24 @@ pub const LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
 /// Requests by HTTP status `code` (`error` when no answer came).
 pub const REQUESTS_TOTAL: &str = "vsphere_ci_user_sessions_remote_write_requests_total";
 
+/// Why a cycle sent with `protocol: v2` fails when the receiver answers a
+/// 2xx without `X-Prometheus-Remote-Write-Samples-Written`, which every 2.0
+/// receiver must send: a 1.0-only one reads the 2.0 body as an empty 1.0
+/// request, answers 204 and writes nothing.
+pub const UNSUPPORTED_V2_MESSAGE: &str = "receiver does not support Remote-Write 2.0 \
+     (no X-Prometheus-Remote-Write-Samples-Written header); use protocol: v1 or auto";
+
 /// A publish (or shutdown) spends at most this many `remote_timeout`s: one
 /// for the oldest buffered cycle and one more to catch up on newer ones.
 pub const PUBLISH_TIMEOUT_FACTOR: u32 = 2;
 
-const DROP_REASONS: [&str; 5] = [
+const DROP_REASONS: [&str; 6] = [
     "rejected",
     "buffer_full",
     "too_old",
     "invalid_series",
     "out_of_order",
+    "unsupported",
 ];
 
 #[derive(Debug, Clone, Copy)]
@@ -94,6 +103,7 @@ enum DropReason {
     TooOld = 2,
     InvalidSeries = 3,
     OutOfOrder = 4,
+    Unsupported = 5,
 }
 
 /// Counters read by `self_metrics` without taking the state lock.
@@ -102,7 +112,7 @@ struct Counters {
     sent: AtomicU64,
     failed: AtomicU64,
     retried: AtomicU64,
-    dropped: [AtomicU64; 5],
+    dropped: [AtomicU64; DROP_REASONS.len()],
     buffered: AtomicU64,
     last_success_ms: AtomicI64,
     requests: std::sync::Mutex<BTreeMap<String, u64>>,
@@ -130,8 +140,6 @@ struct Negotiation {
     /// A v2 request was confirmed with `Samples-Written`: from then on a 400
     /// is a real refusal, not a sign of a 1.0-only receiver.
     v2_confirmed: bool,
-    /// Whether the "no Samples-Written header" warning was given (v2 mode).
-    warned_unconfirmed: bool,
 }
 
 /// Mutable state, behind one lock per sink.
@@ -208,7 +216,6 @@ impl RemoteWriteSink {
                 negotiation: Negotiation {
                     wire,
                     v2_confirmed: false,
-                    warned_unconfirmed: false,
                 },
                 not_before: None,
             }),
@@ -337,22 +344,28 @@ impl RemoteWriteSink {
                         .last_success_ms
                         .store(now_ms(), Ordering::Relaxed);
                 }
-                Err(GaveUp {
-                    error,
-                    retriable: false,
-                    ..
-                }) => {
+                Err((
+                    GaveUp {
+                        error,
+                        retriable: false,
+                        ..
+                    },
+                    reason,
+                )) => {
                     buffer.pop_front();
-                    self.counters.drop_samples(DropReason::Rejected, samples);
+                    self.counters.drop_samples(reason, samples);
                     tracing::warn!(target_name = %self.target, error = %error, samples,
                         timestamp_ms, "Remote-write request refused, samples dropped");
                     if timestamp_ms == current {
                         result = Err(error);
                     }
                 }
-                Err(GaveUp {
-                    error, not_before, ..
-                }) => {
+                Err((
+                    GaveUp {
+                        error, not_before, ..
+                    },
+                    _,
+                )) => {
                     self.counters
                         .failed
                         .fetch_add(samples as u64, Ordering::Relaxed);
@@ -375,19 +388,21 @@ impl RemoteWriteSink {
             .store(state.buffer.samples() as u64, Ordering::Relaxed);
     }
 
-    /// One cycle, with retries and protocol fallback, until `deadline`.
+    /// One cycle, with retries and protocol fallback, until `deadline`. A
+    /// failure comes with the reason to count its samples under, should it
+    /// be final.
     async fn deliver(
         &self,
         cycle: &Cycle,
         negotiation: &mut Negotiation,
         deadline: Instant,
-    ) -> Result<(), GaveUp> {
+    ) -> Result<(), (GaveUp, DropReason)> {
         let samples = cycle.sample_count();
         // Atomics rather than Cells: the future must be Send. Only this
         // task touches them.
         let wire_v1 = AtomicBool::new(negotiation.wire == WireVersion::V1);
         let confirmed = AtomicBool::new(negotiation.v2_confirmed);
-        let warned = AtomicBool::new(negotiation.warned_unconfirmed);
+        let unsupported = AtomicBool::new(false);
         // Each version is encoded at most once per cycle and only when
         // needed (v1 in auto mode only after a fallback); retries resend the
         // same bytes.
@@ -398,7 +413,7 @@ impl RemoteWriteSink {
             .run(deadline, |attempt, left| {
                 let wire_v1 = &wire_v1;
                 let confirmed = &confirmed;
-                let warned = &warned;
+                let unsupported = &unsupported;
                 async move {
                     let version = if wire_v1.load(Ordering::Relaxed) {
                         WireVersion::V1
@@ -443,10 +458,11 @@ impl RemoteWriteSink {
                             if version == WireVersion::V2 {
                                 if reply.samples_written.is_some() {
                                     confirmed.store(true, Ordering::Relaxed);
-                                } else if auto && !confirmed.load(Ordering::Relaxed) {
+                                } else if auto {
                                     // A 1.0-only receiver decodes a 2.0 body as an
                                     // empty 1.0 message and says 204: nothing was
-                                    // written. Resend as 1.0.
+                                    // written. Resend as 1.0 (a receiver that did
+                                    // write it takes the same samples again).
                                     tracing::warn!(target_name = %self.target,
                                         "Receiver did not confirm a remote-write 2.0 request, \
                                          falling back to 1.0");
@@ -458,11 +474,13 @@ impl RemoteWriteSink {
                                         ),
                                         after: Some(Duration::ZERO),
                                     };
-                                } else if !warned.load(Ordering::Relaxed) {
-                                    warned.store(true, Ordering::Relaxed);
-                                    tracing::warn!(target_name = %self.target,
-                                        "Receiver did not confirm samples written; \
-                                         it may not speak remote-write 2.0 (try protocol: auto)");
+                                } else {
+                                    // Explicit 2.0: the same answer would come again,
+                                    // and the samples were most likely not written.
+                                    unsupported.store(true, Ordering::Relaxed);
+                                    return Attempt::Fail(
+                                        self.error(Some(reply.status), UNSUPPORTED_V2_MESSAGE),
+                                    );
                                 }
                             }
                             Attempt::Done(())
@@ -498,8 +516,12 @@ impl RemoteWriteSink {
             negotiation.wire = WireVersion::V1;
         }
         negotiation.v2_confirmed = confirmed.load(Ordering::Relaxed);
-        negotiation.warned_unconfirmed = warned.load(Ordering::Relaxed);
-        result
+        let reason = if unsupported.load(Ordering::Relaxed) {
+            DropReason::Unsupported
+        } else {
+            DropReason::Rejected
+        };
+        result.map_err(|gave_up| (gave_up, reason))
     }
 
     async fn run_bounded<F>(&self, what: &str, work: F) -> Result<(), Error>

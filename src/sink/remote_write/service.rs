@@ -227,6 +227,21 @@ impl HttpService {
         Ok(Some(value))
     }
 
+    /// Remove the URL and its query from a message, should a lower layer
+    /// have put them there: the query may hold a token.
+    fn scrub(&self, mut message: String) -> String {
+        let full = self.url.as_str();
+        if message.contains(full) {
+            message = message.replace(full, &self.target);
+        }
+        if let Some(query) = self.url.query().filter(|q| !q.is_empty())
+            && message.contains(query)
+        {
+            message = message.replace(query, "<redacted>");
+        }
+        message
+    }
+
     fn error(&self, status: Option<u16>, message: String) -> Error {
         Error::RemoteWrite {
             target: self.target.clone(),
@@ -262,7 +277,9 @@ impl HttpService {
             let what = if e.is_timeout() {
                 format!("no answer within {timeout:?}")
             } else {
-                format!("request failed: {}", error_chain(&e))
+                // reqwest's message ends with "for url (<url>)", query
+                // included: drop it; the error names the target instead.
+                self.scrub(format!("request failed: {}", error_chain(&e.without_url())))
             };
             self.error(None, what)
         })?;
