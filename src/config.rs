@@ -398,7 +398,7 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
     let mut external_labels: Vec<(String, String)> = file.external_labels.into_iter().collect();
     external_labels.retain(|(_, v)| !v.is_empty());
     for (name, _) in &external_labels {
-        if !is_valid_label_name(name) || name == "__name__" {
+        if !crate::metrics::is_valid_label_name(name) || name == "__name__" {
             return Err(Error::Config(format!(
                 "{}: {name:?} is not a valid label name",
                 at("external_labels")
@@ -596,11 +596,6 @@ pub fn host_label(url: &Url) -> String {
     url.host_str().unwrap_or_default().to_ascii_lowercase()
 }
 
-fn is_valid_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-}
 
 #[cfg(test)]
 mod tests {
