@@ -22,7 +22,8 @@ use vsphere_ci_session_metrics::secret::Secret;
 use vsphere_ci_session_metrics::sink::Sink;
 use vsphere_ci_session_metrics::sink::pushgateway::{
     BasicAuth, DEFAULT_JOB, LAST_SUCCESS_TIMESTAMP, PUSH_FAILURES_TOTAL, PUSHES_TOTAL,
-    PushgatewayConfig, PushgatewaySink, SAMPLES_SENT_TOTAL,
+    PushgatewayConfig, PushgatewaySink, SAMPLES_DROPPED_TOTAL, SAMPLES_FAILED_TOTAL,
+    SAMPLES_RETRIED_TOTAL, SAMPLES_SENT_TOTAL,
 };
 
 /// A running CI job holding sessions of one user: (job, build id, sessions).
@@ -132,6 +133,13 @@ async fn pushed_snapshot_is_read_back_with_exact_values_and_labels() {
     assert_eq!(self_metric(&sink, PUSHES_TOTAL), 1.0);
     assert_eq!(self_metric(&sink, PUSH_FAILURES_TOTAL), 0.0);
     assert_eq!(self_metric(&sink, SAMPLES_SENT_TOTAL), 3.0);
+    for nothing_lost in [
+        SAMPLES_FAILED_TOTAL,
+        SAMPLES_RETRIED_TOTAL,
+        SAMPLES_DROPPED_TOTAL,
+    ] {
+        assert_eq!(self_metric(&sink, nothing_lost), 0.0, "{nothing_lost}");
+    }
     let pushed_at = self_metric(&sink, LAST_SUCCESS_TIMESTAMP);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -291,6 +299,60 @@ async fn duplicate_series_is_refused_with_the_gateways_message() {
         "{message}"
     );
     assert_eq!(self_metric(&sink, SAMPLES_SENT_TOTAL), 0.0);
+}
+
+#[tokio::test]
+async fn series_that_collide_once_grouping_labels_are_dropped_are_sent_once() {
+    let gateway = Pushgateway::start().await;
+    let mut config = config(&gateway.url);
+    config.grouping = labels(&[("instance", "reporter-1")]);
+    let sink = PushgatewaySink::new(config).unwrap();
+    // Two series differing only in `instance`, which the group's key sets:
+    // sent as they are, the gateway would refuse the whole push.
+    let with_instance = |instance: &str| {
+        let mut labels = correlated_labels("e2e-vsphere", "1001");
+        labels.push(("instance", instance.to_string()));
+        labels
+    };
+    let pushed = Arc::new(Snapshot {
+        timestamp_ms: 1,
+        families: vec![
+            MetricFamily::gauge(CORRELATED, "Sessions per CI job.")
+                .with(with_instance("a"), 3.0)
+                .with(with_instance("b"), 4.0),
+        ],
+    });
+
+    sink.publish(pushed).await.unwrap();
+
+    let key = [("job", DEFAULT_JOB), ("instance", "reporter-1")];
+    let group = gateway.group(&key).await.expect("the group was created");
+    assert_eq!(
+        group.series(CORRELATED),
+        vec![as_stored(
+            &correlated_labels("e2e-vsphere", "1001"),
+            &key,
+            3.0
+        )]
+    );
+    assert_eq!(self_metric(&sink, SAMPLES_SENT_TOTAL), 1.0);
+    assert_eq!(self_metric(&sink, SAMPLES_DROPPED_TOTAL), 1.0);
+    assert_eq!(self_metric(&sink, PUSH_FAILURES_TOTAL), 0.0);
+}
+
+#[test]
+fn grouping_by_a_label_of_the_reporters_series_is_refused_at_start() {
+    let mut config = config(&Url::parse("http://127.0.0.1:9091/").unwrap());
+    config.grouping = labels(&[("vcenter", "vc1.example.com")]);
+
+    let err = PushgatewaySink::new(config).unwrap_err().to_string();
+
+    assert!(
+        err.starts_with(
+            "pushgateway.grouping: \"vcenter\" is a label of the reporter's own series"
+        ),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -529,6 +591,42 @@ async fn bad_request_is_reported_with_its_body_and_sent_once() {
 }
 
 #[tokio::test]
+async fn samples_of_a_refused_push_are_counted_as_dropped() {
+    let stub = Stub::start(&[(StatusCode::BAD_REQUEST, "invalid")]).await;
+    let sink = PushgatewaySink::new(config(&stub.url)).unwrap();
+    let pushed = snapshot(&[("e2e-vsphere", "1001", 3.0)]);
+
+    sink.publish(Arc::clone(&pushed)).await.unwrap_err();
+
+    let samples = pushed.sample_count() as f64;
+    assert_eq!(self_metric(&sink, SAMPLES_DROPPED_TOTAL), samples);
+    assert_eq!(self_metric(&sink, SAMPLES_FAILED_TOTAL), 0.0);
+    assert_eq!(self_metric(&sink, SAMPLES_RETRIED_TOTAL), 0.0);
+    assert_eq!(self_metric(&sink, SAMPLES_SENT_TOTAL), 0.0);
+    assert_eq!(self_metric(&sink, PUSH_FAILURES_TOTAL), 1.0);
+}
+
+#[tokio::test]
+async fn samples_of_a_push_accepted_on_retry_are_counted_as_retried_and_sent() {
+    let stub = Stub::start(&[
+        (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+        (StatusCode::OK, ""),
+    ])
+    .await;
+    let sink = PushgatewaySink::new(config(&stub.url)).unwrap();
+    let pushed = snapshot(&[("e2e-vsphere", "1001", 3.0)]);
+
+    sink.publish(Arc::clone(&pushed)).await.unwrap();
+
+    let samples = pushed.sample_count() as f64;
+    assert_eq!(stub.requests().len(), 2);
+    assert_eq!(self_metric(&sink, SAMPLES_RETRIED_TOTAL), samples);
+    assert_eq!(self_metric(&sink, SAMPLES_SENT_TOTAL), samples);
+    assert_eq!(self_metric(&sink, SAMPLES_FAILED_TOTAL), 0.0);
+    assert_eq!(self_metric(&sink, SAMPLES_DROPPED_TOTAL), 0.0);
+}
+
+#[tokio::test]
 async fn long_error_bodies_are_cut_to_a_kibibyte() {
     let long = "x".repeat(5000);
     let stub = Stub::start(&[(StatusCode::BAD_REQUEST, &long)]).await;
@@ -556,17 +654,21 @@ async fn server_errors_are_retried_until_the_gateway_accepts() {
     let requests = stub.requests();
     assert_eq!(requests.len(), 3);
     assert!(requests.iter().all(|r| r.body == pushed.render_text()));
+    let samples = pushed.sample_count() as f64;
     assert_eq!(self_metric(&sink, PUSHES_TOTAL), 1.0);
     assert_eq!(self_metric(&sink, PUSH_FAILURES_TOTAL), 0.0);
-    assert_eq!(self_metric(&sink, SAMPLES_SENT_TOTAL), 2.0);
+    assert_eq!(self_metric(&sink, SAMPLES_SENT_TOTAL), samples);
+    // Sent three times: the two retries count.
+    assert_eq!(self_metric(&sink, SAMPLES_RETRIED_TOTAL), 2.0 * samples);
 }
 
 #[tokio::test]
 async fn server_errors_give_up_after_three_attempts() {
     let stub = Stub::start(&[(StatusCode::BAD_GATEWAY, "upstream down")]).await;
     let sink = PushgatewaySink::new(config(&stub.url)).unwrap();
+    let pushed = snapshot(&[]);
 
-    let (status, message) = pushgateway_error(sink.publish(snapshot(&[])).await);
+    let (status, message) = pushgateway_error(sink.publish(Arc::clone(&pushed)).await);
 
     assert_eq!(status, Some(502));
     assert!(
@@ -576,6 +678,10 @@ async fn server_errors_give_up_after_three_attempts() {
     assert_eq!(stub.requests().len(), 3);
     assert_eq!(self_metric(&sink, PUSH_FAILURES_TOTAL), 1.0);
     assert_eq!(self_metric(&sink, LAST_SUCCESS_TIMESTAMP), 0.0);
+    let samples = pushed.sample_count() as f64;
+    assert_eq!(self_metric(&sink, SAMPLES_FAILED_TOTAL), samples);
+    assert_eq!(self_metric(&sink, SAMPLES_RETRIED_TOTAL), 2.0 * samples);
+    assert_eq!(self_metric(&sink, SAMPLES_DROPPED_TOTAL), 0.0);
 }
 
 #[tokio::test]
@@ -586,16 +692,29 @@ async fn refused_connection_fails_within_the_time_bound() {
     let sink = PushgatewaySink::new(config).unwrap();
 
     let started = Instant::now();
-    let (status, message) = pushgateway_error(sink.publish(snapshot(&[])).await);
+    let err = sink.publish(snapshot(&[])).await.unwrap_err();
 
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );
+    let shown = err.to_string();
+    let (status, message) = pushgateway_error(Err(err));
     assert_eq!(status, None);
     assert!(
         message.to_lowercase().contains("connection refused"),
+        "{message}"
+    );
+    // The target is named once, as configured; reqwest's own text (which
+    // quotes the request URL) is not repeated.
+    assert_eq!(
+        shown.matches(&format!("127.0.0.1:{port}")).count(),
+        1,
+        "{shown}"
+    );
+    assert!(
+        message.starts_with(&format!("PUT /metrics/job/{DEFAULT_JOB} failed: ")),
         "{message}"
     );
 }
@@ -646,4 +765,33 @@ async fn shutdown_deletes_the_group_with_one_request() {
         format!("/metrics/job/{DEFAULT_JOB}/instance/reporter-1")
     );
     assert!(requests[0].body.is_empty());
+}
+
+#[tokio::test]
+async fn shutdown_accepts_200_from_a_proxy() {
+    let stub = Stub::start(&[(StatusCode::OK, "")]).await;
+    let mut config = config(&stub.url);
+    config.delete_on_shutdown = true;
+    let sink = PushgatewaySink::new(config).unwrap();
+
+    sink.shutdown().await.unwrap();
+
+    assert_eq!(stub.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn shutdown_reports_a_delete_answered_with_another_2xx() {
+    let stub = Stub::start(&[(StatusCode::NO_CONTENT, "")]).await;
+    let mut config = config(&stub.url);
+    config.delete_on_shutdown = true;
+    let sink = PushgatewaySink::new(config).unwrap();
+
+    let (status, message) = pushgateway_error(sink.shutdown().await);
+
+    assert_eq!(status, Some(204));
+    assert_eq!(
+        message,
+        format!("DELETE /metrics/job/{DEFAULT_JOB} answered 204 No Content, expected 202 Accepted")
+    );
+    assert_eq!(stub.requests().len(), 1, "not retried");
 }

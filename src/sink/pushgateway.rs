@@ -16,8 +16,19 @@
 //! is reported with the gateway's body and not retried: the same body would be
 //! refused again. Network errors and 5xx are retried within the cycle with a
 //! short backoff; the whole push never takes longer than `timeout` × attempts.
+//!
+//! Nothing is buffered between cycles: a `PUT` replaces the whole group, so a
+//! push that failed is superseded by the next cycle's and resending it later
+//! would only put older values back. That is why there is no "buffered"
+//! self-metric here, unlike the remote-write sink.
+//!
+//! Self-metrics follow issue 3 §5 (per sink and target): every sample of a
+//! push ends in exactly one of `samples_sent_total`, `samples_failed_total`
+//! (gave up after network errors, timeouts or 5xx) and
+//! `samples_dropped_total` (refused with a 4xx, or a duplicate removed before
+//! sending); `samples_retried_total` counts each re-send of a sample.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::error::Error as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,8 +44,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use url::Url;
 
+use crate::config::parse_duration;
 use crate::error::{Error, truncate_body};
-use crate::metrics::{MetricFamily, Sample, Snapshot};
+use crate::metrics::{Labels, MetricFamily, Sample, Snapshot};
 use crate::secret::Secret;
 use crate::sink::Sink;
 
@@ -47,6 +59,33 @@ pub const LAST_SUCCESS_TIMESTAMP: &str =
     "vsphere_ci_user_sessions_pushgateway_last_success_timestamp_seconds";
 /// Samples in pushes the gateway accepted.
 pub const SAMPLES_SENT_TOTAL: &str = "vsphere_ci_user_sessions_pushgateway_samples_sent_total";
+/// Samples in pushes given up after network errors, timeouts or 5xx.
+pub const SAMPLES_FAILED_TOTAL: &str = "vsphere_ci_user_sessions_pushgateway_samples_failed_total";
+/// Samples sent again because their push was retried, once per retry.
+pub const SAMPLES_RETRIED_TOTAL: &str =
+    "vsphere_ci_user_sessions_pushgateway_samples_retried_total";
+/// Samples given up without a retry: their push was refused with a 4xx, or
+/// they duplicated another series once the grouping labels were dropped.
+pub const SAMPLES_DROPPED_TOTAL: &str =
+    "vsphere_ci_user_sessions_pushgateway_samples_dropped_total";
+
+/// Labels of the reporter's own series (see `crate::metrics`). As grouping
+/// labels they would be overwritten by the gateway and dropped from each
+/// sample, so series differing only in them would collide and the gateway
+/// would refuse the whole push.
+pub const SERIES_LABELS: &[&str] = &[
+    "username",
+    "user_agent",
+    "ci_job",
+    "build_id",
+    "pull_request",
+    "vcenter",
+    "collector",
+    "target",
+    "reason",
+    "code",
+    "__name__",
+];
 
 /// The `job` grouping label when none is configured.
 pub const DEFAULT_JOB: &str = "vsphere-ci-session-metrics";
@@ -83,8 +122,8 @@ pub struct PushgatewayConfig {
     /// one gateway: each reporter then owns its own group.
     #[serde(default)]
     pub grouping: BTreeMap<String, String>,
-    /// Time allowed to each request (humantime: `10s`, `1m`). A push with its
-    /// retries takes at most three times this.
+    /// Time allowed to each request (`10s`, `1m30s`, or a bare number of
+    /// seconds). A push with its retries takes at most three times this.
     #[serde(default = "default_timeout", deserialize_with = "deserialize_duration")]
     pub timeout: Duration,
     /// Delete the group on shutdown, so a reporter that is gone leaves no
@@ -103,9 +142,10 @@ pub struct PushgatewayConfig {
     /// Kubernetes Secret is picked up without a restart.
     #[serde(default)]
     pub bearer_token_file: Option<PathBuf>,
-    /// TLS settings for an `https` URL.
+    /// TLS settings for an `https` URL (named as in Prometheus and the
+    /// remote_write block).
     #[serde(default)]
-    pub tls: TlsConfig,
+    pub tls_config: TlsConfig,
 }
 
 /// HTTP basic authentication: a user name and exactly one of `password` and
@@ -131,6 +171,14 @@ pub struct TlsConfig {
     /// PEM file with further CA certificates to trust (a private CA).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// PEM file with the client certificate (and any intermediates), for a
+    /// gateway or proxy that asks for one. Needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the client certificate's private key (PKCS#8, PKCS#1 or
+    /// SEC1). Needs `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Accept any server certificate. For test set-ups only: anyone on the
     /// path can then read the pushed series and the credentials.
     #[serde(default)]
@@ -150,10 +198,34 @@ fn deserialize_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Url, D:
     Url::parse(&text).map_err(|e| serde::de::Error::custom(format!("invalid URL {text:?}: {e}")))
 }
 
+/// A duration as `crate::config::parse_duration` reads it; YAML gives a
+/// bare number of seconds as an integer, not a string, so both are taken.
 fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    humantime::parse_duration(&text)
-        .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    struct DurationVisitor;
+
+    impl serde::de::Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a duration such as 30s or 1m30s, or a number of seconds")
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(secs))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Duration, E> {
+            u64::try_from(secs)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("invalid duration {secs}: must not be negative")))
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+            parse_duration(text).map_err(|e| E::custom(format!("invalid duration {text:?}: {e}")))
+        }
+    }
+
+    deserializer.deserialize_any(DurationVisitor)
 }
 
 fn deserialize_secret<'de, D: Deserializer<'de>>(
@@ -174,7 +246,7 @@ impl PushgatewayConfig {
             basic_auth: None,
             bearer_token: None,
             bearer_token_file: None,
-            tls: TlsConfig::default(),
+            tls_config: TlsConfig::default(),
         }
     }
 
@@ -224,6 +296,16 @@ impl PushgatewayConfig {
                     format!("{name:?}: names starting with \"__\" are reserved"),
                 );
             }
+            if SERIES_LABELS.contains(&name.as_str()) {
+                return bad(
+                    "grouping",
+                    format!(
+                        "{name:?} is a label of the reporter's own series; the gateway \
+                         would overwrite it, series differing only in it would collide \
+                         and the whole push would be refused"
+                    ),
+                );
+            }
         }
         if self.timeout.is_zero() {
             return bad("timeout", "must be more than 0".to_string());
@@ -257,6 +339,12 @@ impl PushgatewayConfig {
             return bad(
                 "basic_auth",
                 "set either basic_auth or a bearer token, not both".to_string(),
+            );
+        }
+        if self.tls_config.cert_file.is_some() != self.tls_config.key_file.is_some() {
+            return bad(
+                "tls_config",
+                "set both cert_file and key_file for a client certificate, or neither".to_string(),
             );
         }
         Ok(())
@@ -410,6 +498,9 @@ struct Stats {
     pushes: AtomicU64,
     failures: AtomicU64,
     samples_sent: AtomicU64,
+    samples_failed: AtomicU64,
+    samples_retried: AtomicU64,
+    samples_dropped: AtomicU64,
     /// `f64::to_bits` of the Unix time of the last success.
     last_success_bits: AtomicU64,
 }
@@ -431,6 +522,19 @@ pub struct PushgatewaySink {
     stats: Stats,
     /// Dropping reserved labels is logged once, not every cycle.
     warned_reserved: AtomicBool,
+    /// So is dropping the duplicates that this can leave.
+    warned_duplicates: AtomicBool,
+}
+
+/// What `render_body` makes of a snapshot.
+#[derive(Debug)]
+struct Body {
+    text: Bytes,
+    /// Samples in `text`.
+    samples: u64,
+    /// Samples left out because they duplicated another series once the
+    /// reserved labels were dropped.
+    duplicates: u64,
 }
 
 impl PushgatewaySink {
@@ -447,12 +551,16 @@ impl PushgatewaySink {
                 "/",
                 env!("CARGO_PKG_VERSION")
             ));
-        if let Some(path) = &config.tls.ca_file {
+        let tls = &config.tls_config;
+        if let Some(path) = &tls.ca_file {
             for certificate in read_ca_file(path)? {
                 builder = builder.add_root_certificate(certificate);
             }
         }
-        if config.tls.insecure_skip_verify {
+        if let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) {
+            builder = builder.identity(read_identity(cert_file, key_file)?);
+        }
+        if tls.insecure_skip_verify {
             warn!(target_url = %target, "Pushgateway TLS certificate verification is off");
             builder = builder.danger_accept_invalid_certs(true);
         }
@@ -474,6 +582,7 @@ impl PushgatewaySink {
             delete_on_shutdown: config.delete_on_shutdown,
             stats: Stats::default(),
             warned_reserved: AtomicBool::new(false),
+            warned_duplicates: AtomicBool::new(false),
         })
     }
 
@@ -481,16 +590,14 @@ impl PushgatewaySink {
     /// the grouping key (`job` and the grouping labels). The Pushgateway
     /// overwrites such labels with the group's values (1.5 does so silently;
     /// its README warns of it), so a sample's own value would be lost without
-    /// a trace, and two samples differing only in it clash and get the whole
-    /// push refused. Dropping them here and warning once makes the loss
-    /// visible. Returns the body and its number of samples.
-    fn render_body(&self, snapshot: &Snapshot) -> (Bytes, usize) {
-        let has_reserved = |sample: &Sample| {
-            sample
-                .labels
-                .iter()
-                .any(|(name, _)| self.reserved_labels.contains(name))
-        };
+    /// a trace. Dropping them here and warning once makes the loss visible.
+    ///
+    /// Two samples of a family differing only in a dropped label would then
+    /// be the same series, and the gateway refuses the whole push for it. So
+    /// the first is kept, the others are left out and counted, and a warning
+    /// is logged once. `validate` refuses grouping labels the reporter's
+    /// series use, so this only happens to labels it does not expect.
+    fn render_body(&self, snapshot: &Snapshot) -> Body {
         let dropped: BTreeSet<&str> = snapshot
             .families
             .iter()
@@ -500,7 +607,11 @@ impl PushgatewaySink {
             .filter(|name| self.reserved_labels.contains(*name))
             .collect();
         if dropped.is_empty() {
-            return (Bytes::from(snapshot.render_text()), snapshot.sample_count());
+            return Body {
+                text: Bytes::from(snapshot.render_text()),
+                samples: snapshot.sample_count() as u64,
+                duplicates: 0,
+            };
         }
         if !self.warned_reserved.swap(true, Ordering::Relaxed) {
             warn!(
@@ -509,40 +620,67 @@ impl PushgatewaySink {
                 "Dropping labels the Pushgateway sets from the grouping key"
             );
         }
+        let mut duplicates = 0u64;
+        let mut duplicated_families = BTreeSet::new();
+        let families = snapshot
+            .families
+            .iter()
+            .map(|family| {
+                let mut seen = HashSet::new();
+                let mut samples = Vec::with_capacity(family.samples.len());
+                for sample in &family.samples {
+                    let labels: Labels = sample
+                        .labels
+                        .iter()
+                        .filter(|(name, _)| !self.reserved_labels.contains(name))
+                        .cloned()
+                        .collect();
+                    if seen.insert(labels.clone()) {
+                        samples.push(Sample {
+                            labels,
+                            value: sample.value,
+                        });
+                    } else {
+                        duplicates += 1;
+                        duplicated_families.insert(family.name);
+                    }
+                }
+                MetricFamily {
+                    samples,
+                    ..family.clone()
+                }
+            })
+            .collect();
+        if duplicates > 0 && !self.warned_duplicates.swap(true, Ordering::Relaxed) {
+            warn!(
+                target_url = %self.target,
+                labels = ?dropped,
+                families = ?duplicated_families,
+                samples = duplicates,
+                "Dropping samples that duplicate a series once grouping labels are dropped"
+            );
+        }
         let cleaned = Snapshot {
             timestamp_ms: snapshot.timestamp_ms,
-            families: snapshot
-                .families
-                .iter()
-                .map(|family| MetricFamily {
-                    samples: family
-                        .samples
-                        .iter()
-                        .map(|sample| {
-                            if !has_reserved(sample) {
-                                return sample.clone();
-                            }
-                            Sample {
-                                labels: sample
-                                    .labels
-                                    .iter()
-                                    .filter(|(name, _)| !self.reserved_labels.contains(name))
-                                    .cloned()
-                                    .collect(),
-                                value: sample.value,
-                            }
-                        })
-                        .collect(),
-                    ..family.clone()
-                })
-                .collect(),
+            families,
         };
-        (Bytes::from(cleaned.render_text()), cleaned.sample_count())
+        Body {
+            text: Bytes::from(cleaned.render_text()),
+            samples: cleaned.sample_count() as u64,
+            duplicates,
+        }
     }
 
     /// One request per attempt until success, a refusal that retrying
     /// cannot fix, `MAX_ATTEMPTS`, or the budget of `timeout` × attempts.
-    async fn send_with_retries(&self, method: Method, body: Option<Bytes>) -> Result<(), Error> {
+    /// `samples` (those in `body`) are added to the retried count at each
+    /// retry.
+    async fn send_with_retries(
+        &self,
+        method: Method,
+        body: Option<Bytes>,
+        samples: u64,
+    ) -> Result<(), Error> {
         let budget = self.timeout * MAX_ATTEMPTS;
         let deadline = Instant::now() + budget;
         let mut attempt = 1;
@@ -571,6 +709,9 @@ impl PushgatewaySink {
                 "Pushgateway request failed, retrying"
             );
             tokio::time::sleep(backoff).await;
+            self.stats
+                .samples_retried
+                .fetch_add(samples, Ordering::Relaxed);
             attempt += 1;
         }
     }
@@ -593,6 +734,10 @@ impl PushgatewaySink {
         let request = self.auth.apply(request)?;
         let started = Instant::now();
         let response = request.send().await.map_err(|e| {
+            // reqwest's message carries the full URL; the error names the
+            // configured target instead (credential-free, see `validate`)
+            // and the path.
+            let e = e.without_url();
             let message = if e.is_timeout() {
                 format!(
                     "{method} {} timed out after {}",
@@ -621,8 +766,21 @@ impl PushgatewaySink {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "Pushgateway request"
         );
-        if status.is_success() {
+        if accepted(method, status) {
             return Ok(());
+        }
+        if status.is_success() {
+            // A 2xx the gateway never answers to a DELETE (e.g. a proxy's
+            // 204): the group may still be there, so say so.
+            return Err(Error::Pushgateway {
+                target: self.target.clone(),
+                status: Some(status.as_u16()),
+                message: format!(
+                    "{method} {} answered {}, expected 202 Accepted",
+                    self.group_url.path(),
+                    status_text(status)
+                ),
+            });
         }
         let body = read_error_body(response).await;
         Err(Error::Pushgateway {
@@ -646,12 +804,18 @@ impl Sink for PushgatewaySink {
 
     async fn publish(&self, snapshot: Arc<Snapshot>) -> Result<(), Error> {
         self.stats.pushes.fetch_add(1, Ordering::Relaxed);
-        let (body, samples) = self.render_body(&snapshot);
-        match self.send_with_retries(Method::PUT, Some(body)).await {
+        let body = self.render_body(&snapshot);
+        self.stats
+            .samples_dropped
+            .fetch_add(body.duplicates, Ordering::Relaxed);
+        match self
+            .send_with_retries(Method::PUT, Some(body.text), body.samples)
+            .await
+        {
             Ok(()) => {
                 self.stats
                     .samples_sent
-                    .fetch_add(samples as u64, Ordering::Relaxed);
+                    .fetch_add(body.samples, Ordering::Relaxed);
                 let now = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs_f64())
@@ -663,6 +827,12 @@ impl Sink for PushgatewaySink {
             }
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                let lost = if is_refusal(&e) {
+                    &self.stats.samples_dropped
+                } else {
+                    &self.stats.samples_failed
+                };
+                lost.fetch_add(body.samples, Ordering::Relaxed);
                 Err(e)
             }
         }
@@ -674,7 +844,7 @@ impl Sink for PushgatewaySink {
         if !self.delete_on_shutdown {
             return Ok(());
         }
-        self.send_with_retries(Method::DELETE, None).await?;
+        self.send_with_retries(Method::DELETE, None, 0).await?;
         info!(target_url = %self.target, path = self.group_url.path(), "Pushgateway group deleted");
         Ok(())
     }
@@ -706,24 +876,81 @@ impl Sink for PushgatewaySink {
                 "Samples in pushes the Pushgateway accepted.",
             )
             .with(target, load(&self.stats.samples_sent)),
+            MetricFamily::counter(
+                SAMPLES_FAILED_TOTAL,
+                "Samples in pushes given up after network errors, timeouts or 5xx.",
+            )
+            .with(target, load(&self.stats.samples_failed)),
+            MetricFamily::counter(
+                SAMPLES_RETRIED_TOTAL,
+                "Samples sent again because their push was retried, once per retry.",
+            )
+            .with(target, load(&self.stats.samples_retried)),
+            MetricFamily::counter(
+                SAMPLES_DROPPED_TOTAL,
+                "Samples given up without retrying: refused with a 4xx, or duplicating \
+                 another series once the grouping labels were dropped.",
+            )
+            .with(target, load(&self.stats.samples_dropped)),
         ]
     }
 }
 
+/// The statuses that mean success: any 2xx to a `PUT` (the gateway answers
+/// 200, or 202 when it skips its consistency check); 202 to a `DELETE`, the
+/// gateway's answer even when the group did not exist, and 200 for proxies
+/// and API-compatible gateways that answer so.
+fn accepted(method: &Method, status: StatusCode) -> bool {
+    if *method == Method::DELETE {
+        matches!(status, StatusCode::ACCEPTED | StatusCode::OK)
+    } else {
+        status.is_success()
+    }
+}
+
+/// A refusal of the request itself (a 4xx other than 429): sending the same
+/// samples again would be refused again, so they are dropped, not failed.
+fn is_refusal(error: &Error) -> bool {
+    matches!(error, Error::Pushgateway { status: Some(s), .. } if (400..500).contains(s) && *s != 429)
+}
+
+/// The client certificate and its key, as reqwest takes them: one PEM
+/// buffer holding both.
+fn read_identity(cert_file: &Path, key_file: &Path) -> Result<reqwest::Identity, Error> {
+    let read = |field: &str, path: &Path| {
+        std::fs::read(path).map_err(|source| Error::Io {
+            context: format!("reading pushgateway.tls_config.{field} {}", path.display()),
+            source,
+        })
+    };
+    let mut pem = read("cert_file", cert_file)?;
+    pem.push(b'\n');
+    pem.extend_from_slice(&read("key_file", key_file)?);
+    reqwest::Identity::from_pem(&pem).map_err(|e| {
+        Error::Config(format!(
+            "pushgateway.tls_config: cert_file {} and key_file {} are not a PEM certificate \
+             and private key: {}",
+            cert_file.display(),
+            key_file.display(),
+            error_chain(&e)
+        ))
+    })
+}
+
 fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, Error> {
     let pem = std::fs::read(path).map_err(|source| Error::Io {
-        context: format!("reading pushgateway.tls.ca_file {}", path.display()),
+        context: format!("reading pushgateway.tls_config.ca_file {}", path.display()),
         source,
     })?;
     let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
         Error::Config(format!(
-            "pushgateway.tls.ca_file: {} is not PEM: {e}",
+            "pushgateway.tls_config.ca_file: {} is not PEM: {e}",
             path.display()
         ))
     })?;
     if certificates.is_empty() {
         return Err(Error::Config(format!(
-            "pushgateway.tls.ca_file: {} holds no certificate",
+            "pushgateway.tls_config.ca_file: {} holds no certificate",
             path.display()
         )));
     }
@@ -885,7 +1112,9 @@ mod tests {
         assert_eq!(parsed.timeout, Duration::from_secs(10));
         assert!(!parsed.delete_on_shutdown);
         assert!(parsed.basic_auth.is_none() && parsed.bearer_token.is_none());
-        assert!(parsed.tls.ca_file.is_none() && !parsed.tls.insecure_skip_verify);
+        let tls = &parsed.tls_config;
+        assert!(tls.ca_file.is_none() && tls.cert_file.is_none() && tls.key_file.is_none());
+        assert!(!tls.insecure_skip_verify);
         parsed.validate().unwrap();
     }
 
@@ -898,7 +1127,8 @@ mod tests {
              timeout: 1m 30s\n\
              delete_on_shutdown: true\n\
              basic_auth: {username: ci, password: hunter2}\n\
-             tls: {ca_file: /etc/ca.pem, insecure_skip_verify: false}\n",
+             tls_config: {ca_file: /etc/ca.pem, cert_file: /etc/c.pem, key_file: /etc/k.pem, \
+             insecure_skip_verify: false}\n",
         )
         .unwrap();
         assert_eq!(parsed.url.as_str(), "https://pg.example.com/prefix");
@@ -909,8 +1139,16 @@ mod tests {
         let basic = parsed.basic_auth.as_ref().unwrap();
         assert_eq!(basic.password.as_ref().unwrap().expose(), "hunter2");
         assert_eq!(
-            parsed.tls.ca_file.as_deref(),
+            parsed.tls_config.ca_file.as_deref(),
             Some(Path::new("/etc/ca.pem"))
+        );
+        assert_eq!(
+            parsed.tls_config.cert_file.as_deref(),
+            Some(Path::new("/etc/c.pem"))
+        );
+        assert_eq!(
+            parsed.tls_config.key_file.as_deref(),
+            Some(Path::new("/etc/k.pem"))
         );
         assert!(!format!("{parsed:?}").contains("hunter2"));
         parsed.validate().unwrap();
@@ -922,10 +1160,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(unknown.contains("unknown field `jobs`"), "{unknown}");
-        let duration = serde_yaml::from_str::<PushgatewayConfig>("url: http://pg\ntimeout: 10\n")
+        let old_tls = serde_yaml::from_str::<PushgatewayConfig>("url: http://pg\ntls: {}\n")
             .unwrap_err()
             .to_string();
-        assert!(duration.contains("invalid duration \"10\""), "{duration}");
+        assert!(old_tls.contains("unknown field `tls`"), "{old_tls}");
+        let duration = serde_yaml::from_str::<PushgatewayConfig>("url: http://pg\ntimeout: ten\n")
+            .unwrap_err()
+            .to_string();
+        assert!(duration.contains("invalid duration \"ten\""), "{duration}");
+        let negative = serde_yaml::from_str::<PushgatewayConfig>("url: http://pg\ntimeout: -5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(negative.contains("must not be negative"), "{negative}");
+    }
+
+    #[test]
+    fn timeouts_are_read_like_every_other_duration() {
+        for (yaml, seconds) in [("30s", 30), ("1m30s", 90), ("45", 45), ("\"20\"", 20)] {
+            let parsed: PushgatewayConfig =
+                serde_yaml::from_str(&format!("url: http://pg\ntimeout: {yaml}\n")).unwrap();
+            assert_eq!(parsed.timeout, Duration::from_secs(seconds), "{yaml}");
+        }
     }
 
     #[test]
@@ -963,8 +1218,24 @@ mod tests {
                 "pushgateway.grouping: \"__name__\": names starting with \"__\" are reserved",
             ),
             (
+                |c| c.grouping = grouping(&[("instance", "i"), ("vcenter", "vc1")]),
+                "pushgateway.grouping: \"vcenter\" is a label of the reporter's own series; \
+                 the gateway would overwrite it, series differing only in it would collide \
+                 and the whole push would be refused",
+            ),
+            (
                 |c| c.timeout = Duration::ZERO,
                 "pushgateway.timeout: must be more than 0",
+            ),
+            (
+                |c| c.tls_config.cert_file = Some("/c.pem".into()),
+                "pushgateway.tls_config: set both cert_file and key_file for a client \
+                 certificate, or neither",
+            ),
+            (
+                |c| c.tls_config.key_file = Some("/k.pem".into()),
+                "pushgateway.tls_config: set both cert_file and key_file for a client \
+                 certificate, or neither",
             ),
             (
                 |c| {
@@ -1028,12 +1299,12 @@ mod tests {
         let not_pem = dir.path().join("ca.pem");
         std::fs::write(&not_pem, "not a certificate\n").unwrap();
         let mut c = config();
-        c.tls.ca_file = Some(not_pem.clone());
+        c.tls_config.ca_file = Some(not_pem.clone());
         let err = PushgatewaySink::new(c).unwrap_err().to_string();
         assert_eq!(
             err,
             format!(
-                "pushgateway.tls.ca_file: {} holds no certificate",
+                "pushgateway.tls_config.ca_file: {} holds no certificate",
                 not_pem.display()
             )
         );
@@ -1052,8 +1323,8 @@ mod tests {
                 MetricFamily::gauge(VCENTER_UP, "h").with([("vcenter", "vc1")], 1.0),
             ],
         };
-        let (body, samples) = sink.render_body(&snapshot);
-        assert_eq!(samples, 2);
+        let body = sink.render_body(&snapshot);
+        assert_eq!((body.samples, body.duplicates), (2, 0));
         let expected = Snapshot {
             timestamp_ms: snapshot.timestamp_ms,
             families: vec![
@@ -1061,7 +1332,110 @@ mod tests {
                 MetricFamily::gauge(VCENTER_UP, "h").with([("vcenter", "vc1")], 1.0),
             ],
         };
-        assert_eq!(body, Bytes::from(expected.render_text()));
+        assert_eq!(body.text, Bytes::from(expected.render_text()));
+    }
+
+    #[test]
+    fn samples_colliding_once_grouping_labels_are_dropped_keep_the_first() {
+        let mut c = config();
+        c.grouping = grouping(&[("instance", "reporter-1")]);
+        let sink = PushgatewaySink::new(c).unwrap();
+        let snapshot = Snapshot {
+            timestamp_ms: 1,
+            families: vec![
+                MetricFamily::gauge(CORRELATED, "h")
+                    .with([("username", "ci1"), ("instance", "a")], 2.0)
+                    .with([("username", "ci1"), ("instance", "b")], 5.0)
+                    .with([("username", "ci2"), ("job", "x")], 1.0)
+                    .with([("username", "ci2"), ("job", "y")], 7.0),
+                // The same label set in another family is no collision.
+                MetricFamily::gauge(VCENTER_UP, "h").with([("username", "ci1")], 1.0),
+            ],
+        };
+        let body = sink.render_body(&snapshot);
+        assert_eq!((body.samples, body.duplicates), (3, 2));
+        let expected = Snapshot {
+            timestamp_ms: 1,
+            families: vec![
+                MetricFamily::gauge(CORRELATED, "h")
+                    .with([("username", "ci1")], 2.0)
+                    .with([("username", "ci2")], 1.0),
+                MetricFamily::gauge(VCENTER_UP, "h").with([("username", "ci1")], 1.0),
+            ],
+        };
+        assert_eq!(body.text, Bytes::from(expected.render_text()));
+    }
+
+    #[test]
+    fn every_label_of_the_reporters_series_is_refused_as_a_grouping_label() {
+        for name in SERIES_LABELS {
+            let mut c = config();
+            c.grouping = grouping(&[(name, "x")]);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.starts_with("pushgateway.grouping: "), "{name}: {err}");
+        }
+        let mut c = config();
+        c.grouping = grouping(&[("instance", "x"), ("datacenter", "dc1")]);
+        c.validate().unwrap();
+    }
+
+    /// A self-signed test certificate and its key (P-256, PKCS#8), made for
+    /// these tests with `openssl req -x509 -newkey ec`.
+    const CLIENT_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBmzCCAUGgAwIBAgIUf8oT/JBx+3QCV4Vk5j93Agty7swwCgYIKoZIzj0EAwIw
+IjEgMB4GA1UEAwwXcHVzaGdhdGV3YXktdGVzdC1jbGllbnQwIBcNMjYxMTI1MTAy
+MjE4WhgPMjEyNjExMDExMDIyMThaMCIxIDAeBgNVBAMMF3B1c2hnYXRld2F5LXRl
+c3QtY2xpZW50MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEHpIQJrcGBSjUnw1l
+pNOtHnhp2KMqJ+ECL3l7AH2+wPb85b9evbI8gBWwfg++Dt0M7/S2sK90aTCDUrR4
+o/hIqqNTMFEwHQYDVR0OBBYEFCavOvIHYC3fpYzuVrLM4IhTPI+LMB8GA1UdIwQY
+MBaAFCavOvIHYC3fpYzuVrLM4IhTPI+LMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZI
+zj0EAwIDSAAwRQIhAMXRCNbNL0OgI2qqHAa91DtTcqfdU7oDiSlT0qYzDpvNAiAS
+ltA0cDHTQQjSjBg9PtXONzotlNQmwVL7IB3TZNanrw==
+-----END CERTIFICATE-----
+";
+    const CLIENT_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgmhRw1DAMB4fwhtYC
+xW+OI6tjEcLiGM2+f75BFq1oQDehRANCAAQekhAmtwYFKNSfDWWk060eeGnYoyon
+4QIveXsAfb7A9vzlv169sjyAFbB+D74O3Qzv9Lawr3RpMINStHij+Eiq
+-----END PRIVATE KEY-----
+";
+
+    #[test]
+    fn client_certificate_is_loaded_from_cert_and_key_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = dir.path().join("client.pem");
+        let key = dir.path().join("client-key.pem");
+        std::fs::write(&cert, CLIENT_CERT).unwrap();
+        std::fs::write(&key, CLIENT_KEY).unwrap();
+        let mut c = PushgatewayConfig::new(url("https://127.0.0.1:9091"));
+        c.tls_config.cert_file = Some(cert.clone());
+        c.tls_config.key_file = Some(key.clone());
+        PushgatewaySink::new(c).unwrap();
+
+        // The two files swapped: no private key where one is expected.
+        let mut c = PushgatewayConfig::new(url("https://127.0.0.1:9091"));
+        c.tls_config.cert_file = Some(cert.clone());
+        c.tls_config.key_file = Some(cert.clone());
+        let err = PushgatewaySink::new(c).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!(
+                "pushgateway.tls_config: cert_file {} and key_file {} are not a PEM \
+                 certificate and private key: ",
+                cert.display(),
+                cert.display()
+            )),
+            "{err}"
+        );
+        assert!(!err.contains("MIIB"), "no PEM content in {err}");
+
+        let mut c = PushgatewayConfig::new(url("https://127.0.0.1:9091"));
+        c.tls_config.cert_file = Some(cert);
+        c.tls_config.key_file = Some(dir.path().join("missing.pem"));
+        let err = PushgatewaySink::new(c).unwrap_err().to_string();
+        assert!(
+            err.starts_with("reading pushgateway.tls_config.key_file "),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1071,8 +1445,8 @@ mod tests {
             timestamp_ms: 1,
             families: vec![MetricFamily::gauge(VCENTER_UP, "h").with([("vcenter", "vc1")], 1.0)],
         };
-        let (body, _) = sink.render_body(&snapshot);
-        assert_eq!(body, Bytes::from(snapshot.render_text()));
-        assert!(body.ends_with(b"\n"));
+        let body = sink.render_body(&snapshot);
+        assert_eq!(body.text, Bytes::from(snapshot.render_text()));
+        assert!(body.text.ends_with(b"\n"));
     }
 }
