@@ -284,7 +284,7 @@ impl PushgatewayConfig {
                     "\"job\" is set by pushgateway.job, not here".to_string(),
                 );
             }
-            if !is_label_name(name) {
+            if !crate::metrics::is_valid_label_name(name) {
                 return bad(
                     "grouping",
                     format!("{name:?} is not a valid Prometheus label name"),
@@ -349,13 +349,6 @@ impl PushgatewayConfig {
         }
         Ok(())
     }
-}
-
-/// `[a-zA-Z_][a-zA-Z0-9_]*`, the Prometheus label name syntax.
-fn is_label_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The group's URL: `<base>/metrics/job/<job>{/<label>/<value>}`.
