@@ -78,7 +78,7 @@ struct State {
     content: Option<Arc<ServiceContent>>,
     session: Option<Arc<Session>>,
     /// Cookies of logins whose outcome is unknown and whose immediate logout
-    /// failed too: `logout` tries them again.
+    /// failed too: `logout` tries them again (their `generation` is unused).
     orphans: Vec<Session>,
     /// Counts logins; lets a caller that saw a dead session tell whether
     /// another task has already replaced it.
