@@ -182,6 +182,31 @@ pub fn truncate_body(body: &str, max: usize) -> String {
     format!("{}... ({} bytes in all)", &body[..end], body.len())
 }
 
+/// An error and its causes on one line, `outer: cause: root cause`: reqwest's
+/// own message is often only "error sending request", the useful part (refused
+/// connection, unknown certificate issuer) sits in its sources. A cause whose
+/// text is already contained in the previous link is skipped, since many
+/// errors repeat their source in their own message.
+///
+/// A `reqwest::Error` prints the request URL, which may hold credentials
+/// (user info or a token in the query): callers pass `&e.without_url()`
+/// wherever the URL is not known to be clean.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut previous = text.clone();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !previous.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        previous = cause_text;
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -207,5 +232,53 @@ mod tests {
         assert!(!e(400).is_retriable());
         assert!(e(429).is_retriable());
         assert!(e(503).is_retriable());
+    }
+
+    /// An error with an optional source, to build chains.
+    #[derive(Debug)]
+    struct Link(&'static str, Option<Box<Link>>);
+
+    impl std::fmt::Display for Link {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Link {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1
+                .as_deref()
+                .map(|l| l as &(dyn std::error::Error + 'static))
+        }
+    }
+
+    #[test]
+    fn error_chain_joins_every_cause() {
+        let e = Link(
+            "error sending request",
+            Some(Box::new(Link(
+                "client error (Connect)",
+                Some(Box::new(Link("connection refused", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "error sending request: client error (Connect): connection refused"
+        );
+    }
+
+    #[test]
+    fn error_chain_skips_a_cause_the_previous_link_already_says() {
+        let e = Link(
+            "tcp connect error: connection refused",
+            Some(Box::new(Link(
+                "connection refused",
+                Some(Box::new(Link("os error 111", None))),
+            ))),
+        );
+        assert_eq!(
+            error_chain(&e),
+            "tcp connect error: connection refused: os error 111"
+        );
     }
 }

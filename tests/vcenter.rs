@@ -238,6 +238,40 @@ async fn logout_on_shutdown_removes_the_reporter_session() {
 }
 
 #[tokio::test]
+async fn a_first_call_cut_off_at_any_point_leaves_no_session_after_logout() {
+    let sim = Vcsim::start(&[]);
+    let admin = sim.admin().await;
+    // Cut the first call off after 0, 1, 2, ... ms, each with a new client,
+    // until one finishes in time: some cut lands during the login.
+    let mut cut_after_vcsim_made_the_session = 0;
+    let mut finished = false;
+    for bound_ms in 0..500 {
+        let client = client(sim.url());
+        let outcome =
+            tokio::time::timeout(Duration::from_millis(bound_ms), client.list_sessions()).await;
+        client.logout().await.expect("logout succeeds");
+        assert!(
+            admin.sessions_with_agent(REPORTER_AGENT).await.is_empty(),
+            "a session is left after a call cut off after {bound_ms} ms"
+        );
+        match outcome {
+            Ok(listed) => {
+                listed.expect("sessions are listed");
+                finished = true;
+                break;
+            }
+            Err(_) if client.logins() == 1 => cut_after_vcsim_made_the_session += 1,
+            Err(_) => {}
+        }
+    }
+    assert!(finished, "no call finished within 500 ms");
+    assert!(
+        cut_after_vcsim_made_the_session >= 1,
+        "no cut landed after vcsim made the session"
+    );
+}
+
+#[tokio::test]
 async fn a_password_with_xml_special_characters_logs_in() {
     let sim = Vcsim::start(&[]);
     let password = r#"p<a&s's"w>rd"#;
@@ -446,15 +480,39 @@ struct Seen {
     cookie: String,
     user_agent: String,
     content_type: String,
+    /// The text of `<password>`, XML entities decoded, in a Login.
+    password: Option<String>,
 }
 
 #[derive(Default)]
 struct StubState {
-    /// Scripted answers per method; Login and RetrieveServiceContent answer
-    /// normally once theirs run out.
+    /// Scripted answers per method; Login, RetrieveServiceContent and Logout
+    /// answer normally once theirs run out.
     script: BTreeMap<&'static str, VecDeque<(u16, String)>>,
+    /// Login sends its headers (with the cookie) at once, its body only
+    /// after this long.
+    login_body_delay: Option<Duration>,
     logins: usize,
     seen: Vec<Seen>,
+}
+
+const LOGOUT_RESPONSE: &str = concat!(
+    r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+    r#"<soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body>"#,
+    r#"<LogoutResponse xmlns="urn:vim25"></LogoutResponse>"#,
+    "</soapenv:Body></soapenv:Envelope>"
+);
+
+/// The decoded text of the first `<password>` element in a SOAP body.
+fn password_in(body: &str) -> Option<String> {
+    let start = body.find("<password>")? + "<password>".len();
+    let len = body[start..].find("</password>")?;
+    let raw = &body[start..start + len];
+    Some(
+        quick_xml::escape::unescape(raw)
+            .unwrap_or_else(|e| panic!("<password> holds invalid XML text {raw:?}: {e}"))
+            .into_owned(),
+    )
 }
 
 type Stub = Arc<Mutex<StubState>>;
@@ -487,17 +545,26 @@ async fn stub_handler(State(stub): State<Stub>, headers: HeaderMap, body: String
         cookie: header("cookie"),
         user_agent: header("user-agent"),
         content_type: header("content-type"),
+        password: password_in(&body),
     });
     let scripted = state.script.get_mut(method).and_then(|q| q.pop_front());
     let (status, text) = match (scripted, method) {
         (Some(answer), _) => answer,
         (None, "RetrieveServiceContent") => (200, fixture("service_content.xml")),
         (None, "Login") => (200, fixture("login.xml")),
+        (None, "Logout") => (200, LOGOUT_RESPONSE.to_string()),
         (None, _) => (500, format!("no scripted answer for {method}")),
     };
     let status = StatusCode::from_u16(status).expect("scripted status is valid");
+    let body = match state.login_body_delay.filter(|_| method == "Login") {
+        Some(delay) => axum::body::Body::from_stream(futures::stream::once(async move {
+            tokio::time::sleep(delay).await;
+            Ok::<_, std::convert::Infallible>(text)
+        })),
+        None => axum::body::Body::from(text),
+    };
     let mut response =
-        (status, [("content-type", "text/xml; charset=utf-8")], text).into_response();
+        (status, [("content-type", "text/xml; charset=utf-8")], body).into_response();
     if method == "Login" && status == StatusCode::OK {
         state.logins += 1;
         // Real vCenter's form: quoted value, Path, HttpOnly, Secure.
@@ -522,6 +589,20 @@ async fn start_stub(script: Vec<(&'static str, u16, String)>) -> (Url, Stub) {
             .or_default()
             .push_back((status, body));
     }
+    serve_stub(state).await
+}
+
+/// A stub whose Login sets the session cookie at once and sends its body
+/// only after `delay`: a login in flight for that long.
+async fn start_slow_login_stub(delay: Duration) -> (Url, Stub) {
+    serve_stub(StubState {
+        login_body_delay: Some(delay),
+        ..StubState::default()
+    })
+    .await
+}
+
+async fn serve_stub(state: StubState) -> (Url, Stub) {
     let stub: Stub = Arc::new(Mutex::new(state));
     let app = axum::Router::new()
         .route("/sdk", axum::routing::post(stub_handler))
@@ -539,6 +620,103 @@ async fn start_stub(script: Vec<(&'static str, u16, String)>) -> (Url, Stub) {
 
 fn seen(stub: &Stub) -> Vec<Seen> {
     stub.lock().expect("stub lock is not poisoned").seen.clone()
+}
+
+/// The Cookie header of every `method` request the stub received.
+fn cookies_sent_with(stub: &Stub, method: &str) -> Vec<String> {
+    seen(stub)
+        .into_iter()
+        .filter(|s| s.method == method)
+        .map(|s| s.cookie)
+        .collect()
+}
+
+/// Starts `list_sessions` in a task and aborts it once the stub has received
+/// its Login, so the abort lands while the login is in flight.
+async fn abort_during_login(client: &Arc<VcenterClient>, stub: &Stub) {
+    let call = {
+        let client = client.clone();
+        tokio::spawn(async move { client.list_sessions().await })
+    };
+    wait_until(
+        "the stub to receive the Login",
+        Duration::from_secs(10),
+        || async { !cookies_sent_with(stub, "Login").is_empty() },
+    )
+    .await;
+    call.abort();
+    let aborted = call.await.expect_err("the call was still logging in");
+    assert!(aborted.is_cancelled(), "{aborted:?}");
+}
+
+const STUB_COOKIE_1: &str = "vmware_soap_session=\"stub-cookie-1\"";
+
+#[tokio::test]
+async fn a_login_whose_caller_is_aborted_is_still_logged_out() {
+    let (url, stub) = start_slow_login_stub(Duration::from_secs(1)).await;
+    let client = Arc::new(client(&url));
+    abort_during_login(&client, &stub).await;
+
+    client.logout().await.expect("logout succeeds");
+    assert_eq!(cookies_sent_with(&stub, "Logout"), [STUB_COOKIE_1]);
+    // The aborted call never got to list anything.
+    assert!(cookies_sent_with(&stub, "RetrievePropertiesEx").is_empty());
+    assert_eq!(client.logins(), 1);
+
+    client.logout().await.expect("a second logout is a no-op");
+    assert_eq!(cookies_sent_with(&stub, "Logout").len(), 1);
+}
+
+#[tokio::test]
+async fn a_login_whose_body_never_arrives_is_logged_out_with_its_cookie() {
+    let (url, stub) = start_slow_login_stub(Duration::from_secs(3600)).await;
+    let mut cfg = config(&url, REPORTER_USER, PASSWORD);
+    cfg.timeout = Duration::from_millis(300);
+    let client = VcenterClient::new(cfg).expect("the client builds");
+    match client.list_sessions().await {
+        Err(Error::VcenterHttp { message, .. }) => {
+            assert!(message.contains("no response within 300ms"), "{message}");
+        }
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    // Released before the error reached the caller.
+    assert_eq!(cookies_sent_with(&stub, "Logout"), [STUB_COOKIE_1]);
+    assert_eq!(client.logins(), 0);
+
+    client.logout().await.expect("nothing is left to log out");
+    assert_eq!(cookies_sent_with(&stub, "Logout").len(), 1);
+}
+
+#[tokio::test]
+async fn logout_waits_for_an_aborted_login_that_hangs_then_releases_its_cookie() {
+    let (url, stub) = start_slow_login_stub(Duration::from_secs(3600)).await;
+    let mut cfg = config(&url, REPORTER_USER, PASSWORD);
+    cfg.timeout = Duration::from_millis(300);
+    let client = Arc::new(VcenterClient::new(cfg).expect("the client builds"));
+    abort_during_login(&client, &stub).await;
+
+    let started = Instant::now();
+    client.logout().await.expect("logout succeeds");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "logout took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(cookies_sent_with(&stub, "Logout"), [STUB_COOKIE_1]);
+}
+
+#[tokio::test]
+async fn the_password_reaches_the_vcenter_exactly_as_configured() {
+    let (url, stub) = start_stub(vec![]).await;
+    // Markup characters, and text that looks already escaped: escaping
+    // twice or not at all would change what arrives.
+    let password = r#"p<a&s's"w>rd &amp; &#60; ]]>"#;
+    let client =
+        VcenterClient::new(config(&url, REPORTER_USER, password)).expect("the client builds");
+    // The stub has no session list scripted: only the Login matters here.
+    let _ = client.list_sessions().await;
+    let sent: Vec<String> = seen(&stub).into_iter().filter_map(|s| s.password).collect();
+    assert_eq!(sent, [password]);
 }
 
 #[tokio::test]

@@ -12,6 +12,16 @@
 //! by a cookie store so that which session a request uses is explicit. It is
 //! sent back quoted, as pyVmomi and govmomi do and as vCenter expects.
 //!
+//! No session may outlive the process: at shutdown the scheduler aborts a
+//! cycle that overran its drain timeout, possibly in the middle of `Login`,
+//! after vCenter made the session but before the cookie was stored. So a
+//! login runs in its own task, which owns the state lock and stores what it
+//! got whether or not its caller is still waiting; `logout` takes the same
+//! lock, so it waits for a login in flight and releases its session. A
+//! `Login` whose outcome is unknown (the cookie arrived, the body did not, or
+//! could not be read) is logged out at once with that cookie, and kept for
+//! `logout` if even that fails.
+//!
 //! API reference: <https://developer.broadcom.com/xapis/vsphere-web-services-api/latest/>
 //! (`SessionManager`, `PropertyCollector`).
 
@@ -26,9 +36,11 @@ use reqwest::header::{CONTENT_TYPE, COOKIE, HeaderValue, SET_COOKIE, USER_AGENT}
 use tracing::{debug, info, warn};
 use url::Url;
 
+use tokio::sync::{Mutex, OwnedMutexGuard};
+
 use super::soap::{self, Fault, Reply, ServiceContent, SessionPage};
 use super::{UserSession, VcenterConfig};
-use crate::error::{Error, truncate_body};
+use crate::error::{Error, error_chain, truncate_body};
 use crate::secret::Secret;
 
 /// The session cookie vCenter (and vcsim) set on `Login`.
@@ -44,13 +56,19 @@ const MAX_ERROR_BODY: usize = 1024;
 /// A SOAP client for one vCenter holding one reused session. `Send + Sync`:
 /// share it behind an `Arc`.
 pub struct VcenterClient {
+    /// Shared with the login and logout tasks, which may outlive a call.
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     config: VcenterConfig,
     /// `<url>/sdk`, without any user info.
     endpoint: Url,
     http: reqwest::Client,
-    /// The current session. The lock is held while logging in, so two tasks
-    /// never log in at the same time; calls themselves run without it.
-    state: tokio::sync::Mutex<State>,
+    /// The current session. The lock is held (by the task doing it) while
+    /// logging in or out, so two tasks never log in at the same time and
+    /// `logout` waits for a login in flight; calls themselves run without it.
+    state: Arc<Mutex<State>>,
     logins: AtomicU64,
 }
 
@@ -59,6 +77,9 @@ struct State {
     /// Fetched once: the managed object references never change.
     content: Option<Arc<ServiceContent>>,
     session: Option<Arc<Session>>,
+    /// Cookies of logins whose outcome is unknown and whose immediate logout
+    /// failed too: `logout` tries them again (their `generation` is unused).
+    orphans: Vec<Session>,
     /// Counts logins; lets a caller that saw a dead session tell whether
     /// another task has already replaced it.
     generation: u64,
@@ -78,12 +99,32 @@ struct Exchange {
     session_cookie: Option<String>,
 }
 
+/// A request that failed, with the session cookie its response set if the
+/// headers arrived before the failure (reading the body timed out, say).
+struct CallError {
+    error: Error,
+    session_cookie: Option<String>,
+}
+
+impl From<CallError> for Error {
+    fn from(e: CallError) -> Self {
+        e.error
+    }
+}
+
+/// A failed `Login`, with the cookie it set when the vCenter may have made
+/// the session anyway.
+struct LoginError {
+    error: Error,
+    cookie: Option<Secret>,
+}
+
 impl fmt::Debug for VcenterClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("VcenterClient")
-            .field("host", &self.config.host)
-            .field("endpoint", &self.endpoint.as_str())
-            .field("username", &self.config.username)
+            .field("host", &self.inner.config.host)
+            .field("endpoint", &self.inner.endpoint.as_str())
+            .field("username", &self.inner.config.username)
             .field("logins", &self.logins())
             .finish_non_exhaustive()
     }
@@ -135,80 +176,87 @@ impl VcenterClient {
                     .as_ref()
                     .map(|p| format!(" with CA file {}", p.display()))
                     .unwrap_or_default(),
-                error_chain(&e)
+                error_chain(&e.without_url())
             ))
         })?;
         Ok(VcenterClient {
-            config,
-            endpoint,
-            http,
-            state: tokio::sync::Mutex::new(State::default()),
-            logins: AtomicU64::new(0),
+            inner: Arc::new(Inner {
+                config,
+                endpoint,
+                http,
+                state: Arc::new(Mutex::new(State::default())),
+                logins: AtomicU64::new(0),
+            }),
         })
     }
 
     /// The `vcenter` label value (config.host).
     pub fn host(&self) -> &str {
-        &self.config.host
+        &self.inner.config.host
     }
 
     /// Successful logins since start (1 in a steady state).
     pub fn logins(&self) -> u64 {
-        self.logins.load(Ordering::Relaxed)
+        self.inner.logins.load(Ordering::Relaxed)
     }
 
     /// Lists every session open on the vCenter, the reporter's own included.
     /// Logs in lazily on first use, then reuses that one session every call;
     /// a session the vCenter no longer knows is replaced once per call.
     pub async fn list_sessions(&self) -> Result<Vec<UserSession>, Error> {
+        let inner = &self.inner;
         let session = self.session(None).await?;
-        match self.retrieve_all(&session).await {
+        match inner.retrieve_all(&session).await {
             Err(Error::NotAuthenticated { .. }) => {
                 warn!(
-                    vcenter = %self.config.host,
-                    user = %self.config.username,
+                    vcenter = %inner.config.host,
+                    user = %inner.config.username,
                     "vCenter session expired, logging in again"
                 );
                 let renewed = self.session(Some(session.generation)).await?;
-                self.retrieve_all(&renewed).await
+                inner.retrieve_all(&renewed).await
             }
             other => other,
         }
     }
 
-    /// Logs out if logged in (no-op otherwise). Called on shutdown.
+    /// Logs out of the session, if any (no-op otherwise). Called on shutdown.
+    ///
+    /// A login in flight (even one whose caller was cancelled) is waited for
+    /// and its session logged out too. Bounded: that login and this logout
+    /// are each a few requests under the configured request timeout. The
+    /// logout runs in its own task, so cancelling this call does not keep the
+    /// session from being released.
     pub async fn logout(&self) -> Result<(), Error> {
-        let mut state = self.state.lock().await;
-        let Some(session) = state.session.take() else {
-            return Ok(());
-        };
-        let exchange = self
-            .call(
-                "Logout",
-                &session.content.api_version,
-                Some(&session.cookie),
-                soap::logout(&session.content.session_manager),
-            )
-            .await?;
-        match self.reply(exchange, soap::parse_logout) {
-            // Already gone: that is what we wanted.
-            Ok(()) | Err(Error::NotAuthenticated { .. }) => {
-                info!(vcenter = %self.config.host, "Logged out of vCenter");
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        let state = self.inner.state.clone().lock_owned().await;
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.log_out(state).await })
+            .await
+            .map_err(|e| self.inner.task_failed("logout", e))?
     }
 
     /// The current session, logging in when there is none or when the caller
     /// found session `stale` dead (unless another task already replaced it).
     async fn session(&self, stale: Option<u64>) -> Result<Arc<Session>, Error> {
-        let mut state = self.state.lock().await;
+        let state = self.inner.state.clone().lock_owned().await;
         if let Some(current) = &state.session
             && Some(current.generation) != stale
         {
             return Ok(current.clone());
         }
+        // The task owns the lock and stores the session itself: if this
+        // caller is dropped mid-login, the session still lands where
+        // `logout` finds it.
+        let inner = self.inner.clone();
+        tokio::spawn(async move { inner.log_in(state).await })
+            .await
+            .map_err(|e| self.inner.task_failed("login", e))?
+    }
+}
+
+impl Inner {
+    /// Logs in, holding the lock throughout, and stores the session.
+    async fn log_in(&self, mut state: OwnedMutexGuard<State>) -> Result<Arc<Session>, Error> {
         state.session = None;
         let content = match &state.content {
             Some(content) => content.clone(),
@@ -218,7 +266,16 @@ impl VcenterClient {
                 content
             }
         };
-        let cookie = self.login(&content).await?;
+        let cookie = match self.login(&content).await {
+            Ok(cookie) => cookie,
+            Err(LoginError { error, cookie }) => {
+                if let Some(cookie) = cookie {
+                    self.release_unknown_login(&mut state, cookie, content, &error)
+                        .await;
+                }
+                return Err(error);
+            }
+        };
         state.generation += 1;
         let session = Arc::new(Session {
             cookie,
@@ -233,6 +290,84 @@ impl VcenterClient {
             "Logged in to vCenter"
         );
         Ok(session)
+    }
+
+    /// The vCenter set a session cookie but the `Login` failed after that:
+    /// it may have made the session. Logs it out now; if that fails too,
+    /// keeps it for `logout`.
+    async fn release_unknown_login(
+        &self,
+        state: &mut State,
+        cookie: Secret,
+        content: Arc<ServiceContent>,
+        error: &Error,
+    ) {
+        warn!(
+            vcenter = %self.config.host,
+            user = %self.config.username,
+            error = %error,
+            "Login failed after vCenter set a session cookie, logging that session out"
+        );
+        if let Err(e) = self.release(&cookie, &content).await {
+            warn!(
+                vcenter = %self.config.host,
+                error = %e,
+                "Logout of the half-made session failed, trying again at shutdown"
+            );
+            state.orphans.push(Session {
+                cookie,
+                content,
+                generation: 0,
+            });
+        }
+    }
+
+    /// Logs out of the current session and of any half-made one, holding
+    /// the lock. Reports the first failure after trying them all.
+    async fn log_out(&self, mut state: OwnedMutexGuard<State>) -> Result<(), Error> {
+        let mut result = Ok(());
+        if let Some(session) = state.session.take() {
+            match self.release(&session.cookie, &session.content).await {
+                Ok(()) => info!(vcenter = %self.config.host, "Logged out of vCenter"),
+                Err(e) => result = Err(e),
+            }
+        }
+        for orphan in std::mem::take(&mut state.orphans) {
+            if let Err(e) = self.release(&orphan.cookie, &orphan.content).await {
+                warn!(
+                    vcenter = %self.config.host,
+                    error = %e,
+                    "Logout of a half-made session failed"
+                );
+                result = result.and(Err(e));
+            }
+        }
+        result
+    }
+
+    /// `Logout` with `cookie`. A session the vCenter no longer knows counts
+    /// as logged out: that is what we wanted.
+    async fn release(&self, cookie: &Secret, content: &ServiceContent) -> Result<(), Error> {
+        let exchange = self
+            .call(
+                "Logout",
+                &content.api_version,
+                Some(cookie),
+                soap::logout(&content.session_manager),
+            )
+            .await?;
+        match self.reply(exchange, soap::parse_logout) {
+            Ok(()) | Err(Error::NotAuthenticated { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A login or logout task that did not complete (it panicked).
+    fn task_failed(&self, what: &str, e: tokio::task::JoinError) -> Error {
+        Error::VcenterHttp {
+            host: self.config.host.clone(),
+            message: format!("the {what} task failed: {e}"),
+        }
     }
 
     async fn retrieve_service_content(&self) -> Result<ServiceContent, Error> {
@@ -251,38 +386,50 @@ impl VcenterClient {
         Ok(content)
     }
 
-    async fn login(&self, content: &ServiceContent) -> Result<Secret, Error> {
+    /// The session cookie of a successful `Login`. A failure carries the
+    /// cookie when the response set one and did not say the login was
+    /// refused: the session may exist.
+    async fn login(&self, content: &ServiceContent) -> Result<Secret, LoginError> {
         let body = soap::login(
             &content.session_manager,
             &self.config.username,
             self.config.password.expose(),
         );
-        let exchange = self.call("Login", &content.api_version, None, body).await?;
-        let cookie = exchange.session_cookie.clone();
-        let refused = |message: String| Error::VcenterLogin {
-            host: self.config.host.clone(),
-            user: self.config.username.clone(),
-            message,
+        let cookie_of = |cookie: Option<String>| cookie.filter(|c| !c.is_empty()).map(Secret::new);
+        let exchange = match self.call("Login", &content.api_version, None, body).await {
+            Ok(exchange) => exchange,
+            Err(CallError {
+                error,
+                session_cookie,
+            }) => {
+                return Err(LoginError {
+                    error,
+                    cookie: cookie_of(session_cookie),
+                });
+            }
+        };
+        let cookie = cookie_of(exchange.session_cookie.clone());
+        let refused = |message: String| LoginError {
+            error: Error::VcenterLogin {
+                host: self.config.host.clone(),
+                user: self.config.username.clone(),
+                message,
+            },
+            // A fault is a clear refusal: no session was made.
+            cookie: None,
         };
         match self.reply(exchange, soap::parse_login) {
-            Ok(()) => {}
-            Err(Error::SoapFault { fault, message, .. }) => {
-                return Err(refused(if message.is_empty() {
-                    fault
-                } else {
-                    format!("{fault}: {message}")
-                }));
-            }
-            Err(Error::NotAuthenticated { .. }) => {
-                return Err(refused("NotAuthenticated".into()));
-            }
-            Err(e) => return Err(e),
-        }
-        match cookie {
-            Some(cookie) if !cookie.is_empty() => Ok(Secret::new(cookie)),
-            _ => Err(refused(format!(
-                "the Login response set no {SESSION_COOKIE} cookie"
-            ))),
+            Ok(()) => cookie.ok_or_else(|| {
+                refused(format!("the Login response set no {SESSION_COOKIE} cookie"))
+            }),
+            Err(Error::SoapFault { fault, message, .. }) => Err(refused(if message.is_empty() {
+                fault
+            } else {
+                format!("{fault}: {message}")
+            })),
+            Err(Error::NotAuthenticated { .. }) => Err(refused("NotAuthenticated".into())),
+            // An unreadable answer: the login may have succeeded.
+            Err(error) => Err(LoginError { error, cookie }),
         }
     }
 
@@ -350,7 +497,7 @@ impl VcenterClient {
         api_version: &str,
         cookie: Option<&Secret>,
         body: String,
-    ) -> Result<Exchange, Error> {
+    ) -> Result<Exchange, CallError> {
         let started = Instant::now();
         let mut request = self
             .http
@@ -362,18 +509,25 @@ impl VcenterClient {
         if let Some(cookie) = cookie {
             let mut value =
                 HeaderValue::from_str(&format!("{SESSION_COOKIE}=\"{}\"", cookie.expose()))
-                    .map_err(|_| Error::SoapParse {
-                        host: self.config.host.clone(),
-                        message: "the session cookie holds characters a header cannot carry".into(),
+                    .map_err(|_| CallError {
+                        error: Error::SoapParse {
+                            host: self.config.host.clone(),
+                            message: "the session cookie holds characters a header cannot carry"
+                                .into(),
+                        },
+                        session_cookie: None,
                     })?;
             value.set_sensitive(true);
             request = request.header(COOKIE, value);
         }
         let http_error = |e: reqwest::Error| Error::VcenterHttp {
             host: self.config.host.clone(),
-            message: self.redact(&describe(&e, method, self.config.timeout)),
+            message: self.redact(&describe(e, method, self.config.timeout)),
         };
-        let response = request.send().await.map_err(http_error)?;
+        let response = request.send().await.map_err(|e| CallError {
+            error: http_error(e),
+            session_cookie: None,
+        })?;
         let status = response.status();
         let session_cookie = response
             .headers()
@@ -381,7 +535,16 @@ impl VcenterClient {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .find_map(session_cookie_value);
-        let body = response.bytes().await.map_err(http_error)?;
+        // The cookie travels with a failure here: the session may exist.
+        let body = match response.bytes().await {
+            Ok(body) => body,
+            Err(e) => {
+                return Err(CallError {
+                    error: http_error(e),
+                    session_cookie,
+                });
+            }
+        };
         debug!(
             vcenter = %self.config.host,
             method,
@@ -488,29 +651,16 @@ fn session_cookie_value(header: &str) -> Option<String> {
 }
 
 /// A request error with its causes ("...: invalid peer certificate:
-/// UnknownIssuer"): reqwest's own message alone hides what went wrong.
-fn describe(err: &reqwest::Error, method: &str, timeout: Duration) -> String {
+/// UnknownIssuer"): reqwest's own message alone hides what went wrong. The
+/// URL is left out: the error names the vCenter already.
+fn describe(err: reqwest::Error, method: &str, timeout: Duration) -> String {
     if err.is_timeout() {
         return format!(
             "{method}: no response within {}",
             humantime::format_duration(timeout)
         );
     }
-    format!("{method}: {}", error_chain(err))
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut message = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !message.contains(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = cause.source();
-    }
-    message
+    format!("{method}: {}", error_chain(&err.without_url()))
 }
 
 #[cfg(test)]
