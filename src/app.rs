@@ -118,8 +118,18 @@ pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>)
     }
 
     let latest = Arc::new(LatestSnapshot::default());
+    // Four requests' worth: service content, login, the list and one more
+    // page or a re-login.
+    let vcenter_timeout = config
+        .vcenters
+        .iter()
+        .map(|v| v.timeout)
+        .max()
+        .unwrap_or(crate::config::DEFAULT_VCENTER_TIMEOUT)
+        * 4;
     let sources = Sources {
         vcenters,
+        vcenter_timeout,
         prow,
         prow_timeout: config.prow_timeout,
         // Three rounds of calls: namespace, log or secret, with room to spare.

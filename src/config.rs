@@ -596,7 +596,6 @@ pub fn host_label(url: &Url) -> String {
     url.host_str().unwrap_or_default().to_ascii_lowercase()
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,6 +62,8 @@ impl Resolvers {
 /// What a cycle needs to gather.
 pub struct Sources {
     pub vcenters: Vec<Arc<VcenterClient>>,
+    /// Bound of one vCenter's whole listing (login, retrieval, pages).
+    pub vcenter_timeout: Duration,
     pub prow: ProwSource,
     /// Bound of one job listing (deck is tens of MB).
     pub prow_timeout: Duration,
@@ -128,12 +130,21 @@ impl Cycle {
             "1 if the collector succeeded in the last cycle, else 0.",
         );
 
-        // vCenters and Prow at once. No outer timeout on vCenter calls: each
-        // SOAP request has its own, and cancelling a Login half-way could
-        // leave a session on the vCenter that the reporter never learns of.
+        // vCenters and Prow at once, each within its budget. Cutting a
+        // vCenter call short is safe: the client finishes a login it started
+        // in a task of its own, so the session is kept (and logged out at
+        // the end), never lost.
+        let vcenter_timeout = self.sources.vcenter_timeout;
         let vcenter_calls = self.sources.vcenters.iter().map(|client| async move {
             let t0 = Instant::now();
-            let result = client.list_sessions().await;
+            let result = tokio::time::timeout(vcenter_timeout, client.list_sessions())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::Error::Timeout {
+                        what: format!("listing sessions of vCenter {}", client.host()),
+                        timeout: vcenter_timeout,
+                    })
+                });
             (client.host().to_string(), result, t0.elapsed())
         });
         let prow_call = async {
