@@ -14,6 +14,7 @@
 //! - [`metrics`]: `Snapshot`, metric families, names and the text format.
 //! - [`cycle`]: one gather-correlate-publish round and its self-metrics.
 //! - [`sink`]: the local `/metrics`, remote-write and the Pushgateway.
+//! - [`http`]: basic auth, TLS settings and the HTTP client shared by the pushing sinks.
 //! - [`schedule`]: cron or interval, cycles never overlapping.
 //! - [`app`]: run modes (`start`, `once`) and shutdown.
 //! - [`error`], [`secret`]: the crate-wide error and the redacting secret type.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod correlate;
 pub mod cycle;
 pub mod error;
+pub mod http;
 pub mod kube_client;
 pub mod metrics;
 pub mod prow;

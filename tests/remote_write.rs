@@ -10,6 +10,8 @@
 //! honor_labels, histograms and summaries concern scraping senders: this one
 //! has external labels, tested here, and only gauges and counters.)
 
+#[path = "support/pki.rs"]
+mod pki;
 #[path = "support/receivers.rs"]
 mod receivers;
 
@@ -262,7 +264,7 @@ async fn auto_protocol_falls_back_to_v1_against_prometheus_2_42_and_the_data_arr
 
 #[tokio::test]
 async fn tls_with_a_private_ca_and_a_client_certificate_reaches_prometheus() {
-    let pki = receivers::TestPki::generate();
+    let pki = pki::TestPki::generate();
     let web = format!(
         "tls_server_config:\n  cert_file: {}\n  key_file: {}\n  \
          client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: {}\n",

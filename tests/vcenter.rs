@@ -3,12 +3,13 @@
 //!
 //! vcsim must be built first: `scripts/build-vcsim.sh` (scripts/test.sh does it).
 
+#[path = "support/pki.rs"]
+mod pki;
 #[path = "support/vcsim.rs"]
 mod vcsim;
 
 use std::collections::BTreeMap;
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use vsphere_ci_session_metrics::correlate::normalize_username;
 use vsphere_ci_session_metrics::secret::Secret;
 use vsphere_ci_session_metrics::vcenter::{UserSession, VcenterClient, VcenterConfig};
 
+use pki::TestPki;
 use vcsim::Vcsim;
 
 const REPORTER_AGENT: &str = "vsphere-ci-session-metrics/test";
@@ -299,106 +301,12 @@ async fn an_empty_password_is_a_login_error_not_a_panic() {
 // ---------------------------------------------------------------------------
 // TLS
 
-/// A CA and a server certificate for 127.0.0.1 signed by it (2048-bit RSA:
-/// rustls refuses vcsim's built-in 1024-bit key).
-struct Certs {
-    _dir: tempfile::TempDir,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-}
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = std::process::Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("openssl is needed for the TLS tests (apt-get install openssl): {e}")
-        });
-    assert!(
-        out.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn make_certs() -> Certs {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let d = dir.path();
-    std::fs::write(
-        d.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
-    )
-    .expect("write the extension file");
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=vcsim test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    );
-    Certs {
-        ca: d.join("ca.pem"),
-        cert: d.join("server.pem"),
-        key: d.join("server.key"),
-        _dir: dir,
-    }
-}
-
-fn start_tls(certs: &Certs) -> Vcsim {
-    let cert = certs.cert.to_str().expect("UTF-8 temp path");
-    let key = certs.key.to_str().expect("UTF-8 temp path");
+/// vcsim serving the test PKI's server certificate for 127.0.0.1.
+fn start_tls(pki: &TestPki) -> Vcsim {
+    let cert = pki.path("server.crt");
+    let key = pki.path("server.key");
+    let cert = cert.to_str().expect("UTF-8 temp path");
+    let key = key.to_str().expect("UTF-8 temp path");
     let sim = Vcsim::start(&["-tls-cert", cert, "-tls-key", key]);
     assert_eq!(sim.url().scheme(), "https");
     sim
@@ -406,10 +314,10 @@ fn start_tls(certs: &Certs) -> Vcsim {
 
 #[tokio::test]
 async fn tls_with_the_ca_file_verifies_the_vcenter() {
-    let certs = make_certs();
-    let sim = start_tls(&certs);
+    let pki = TestPki::generate();
+    let sim = start_tls(&pki);
     let mut cfg = config(sim.url(), REPORTER_USER, PASSWORD);
-    cfg.ca_file = Some(certs.ca.clone());
+    cfg.ca_file = Some(pki.path("ca.crt"));
     let client = VcenterClient::new(cfg).expect("the client builds");
     let sessions = client.list_sessions().await.expect("TLS with the CA works");
     assert_eq!(reporter_sessions(&sessions).len(), 1);
@@ -417,8 +325,8 @@ async fn tls_with_the_ca_file_verifies_the_vcenter() {
 
 #[tokio::test]
 async fn tls_with_an_unknown_ca_fails_with_a_certificate_error() {
-    let certs = make_certs();
-    let sim = start_tls(&certs);
+    let pki = TestPki::generate();
+    let sim = start_tls(&pki);
     let client = client(sim.url());
     match client.list_sessions().await {
         Err(Error::VcenterHttp { message, .. }) => {
@@ -435,8 +343,8 @@ async fn tls_with_an_unknown_ca_fails_with_a_certificate_error() {
 
 #[tokio::test]
 async fn tls_insecure_skips_verification() {
-    let certs = make_certs();
-    let sim = start_tls(&certs);
+    let pki = TestPki::generate();
+    let sim = start_tls(&pki);
     let mut cfg = config(sim.url(), REPORTER_USER, PASSWORD);
     cfg.insecure = true;
     let client = VcenterClient::new(cfg).expect("the client builds");

@@ -29,8 +29,7 @@
 //! sending); `samples_retried_total` counts each re-send of a sample.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::error::Error as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -45,7 +44,9 @@ use tracing::{debug, info, warn};
 use url::Url;
 
 use crate::config::parse_duration;
-use crate::error::{Error, truncate_body};
+use crate::error::{Error, error_chain, truncate_body};
+pub use crate::http::{BasicAuth, TlsConfig};
+use crate::http::{client_builder, deserialize_opt_secret, read_credential};
 use crate::metrics::{Labels, MetricFamily, Sample, Snapshot};
 use crate::secret::Secret;
 use crate::sink::Sink;
@@ -136,53 +137,16 @@ pub struct PushgatewayConfig {
     #[serde(default)]
     pub basic_auth: Option<BasicAuth>,
     /// Bearer token sent as `Authorization: Bearer ...`.
-    #[serde(default, deserialize_with = "deserialize_secret")]
+    #[serde(default, deserialize_with = "deserialize_opt_secret")]
     pub bearer_token: Option<Secret>,
     /// File holding the bearer token, read at every push so a rotated
     /// Kubernetes Secret is picked up without a restart.
     #[serde(default)]
     pub bearer_token_file: Option<PathBuf>,
     /// TLS settings for an `https` URL (named as in Prometheus and the
-    /// remote_write block).
+    /// remote_write block). The system's web roots are always trusted.
     #[serde(default)]
     pub tls_config: TlsConfig,
-}
-
-/// HTTP basic authentication: a user name and exactly one of `password` and
-/// `password_file`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BasicAuth {
-    /// User name.
-    pub username: String,
-    /// Password given inline.
-    #[serde(default, deserialize_with = "deserialize_secret")]
-    pub password: Option<Secret>,
-    /// File holding the password (one trailing newline dropped), read at
-    /// every push so a rotated Secret is picked up.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-}
-
-/// TLS settings; the system's web roots are always trusted.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM file with further CA certificates to trust (a private CA).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// PEM file with the client certificate (and any intermediates), for a
-    /// gateway or proxy that asks for one. Needs `key_file`.
-    #[serde(default)]
-    pub cert_file: Option<PathBuf>,
-    /// PEM file with the client certificate's private key (PKCS#8, PKCS#1 or
-    /// SEC1). Needs `cert_file`.
-    #[serde(default)]
-    pub key_file: Option<PathBuf>,
-    /// Accept any server certificate. For test set-ups only: anyone on the
-    /// path can then read the pushed series and the credentials.
-    #[serde(default)]
-    pub insecure_skip_verify: bool,
 }
 
 fn default_job() -> String {
@@ -226,12 +190,6 @@ fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Du
     }
 
     deserializer.deserialize_any(DurationVisitor)
-}
-
-fn deserialize_secret<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<Secret>, D::Error> {
-    Ok(Option::<String>::deserialize(deserializer)?.map(Secret::new))
 }
 
 impl PushgatewayConfig {
@@ -311,20 +269,11 @@ impl PushgatewayConfig {
             return bad("timeout", "must be more than 0".to_string());
         }
         if let Some(basic) = &self.basic_auth {
-            if basic.username.is_empty() {
-                return bad("basic_auth.username", "must not be empty".to_string());
-            }
-            match (&basic.password, &basic.password_file) {
-                (Some(_), Some(_)) => {
-                    return bad(
-                        "basic_auth",
-                        "set one of password and password_file, not both".to_string(),
-                    );
-                }
-                (None, None) => {
-                    return bad("basic_auth", "needs password or password_file".to_string());
-                }
-                _ => {}
+            basic.validate("pushgateway.basic_auth")?;
+            // Unlike Prometheus, no empty password: a gateway behind an auth
+            // proxy that gets one refuses every push, late and obscurely.
+            if basic.password.is_none() && basic.password_file.is_none() {
+                return bad("basic_auth", "needs password or password_file".to_string());
             }
         }
         if self.bearer_token.is_some() && self.bearer_token_file.is_some() {
@@ -341,13 +290,8 @@ impl PushgatewayConfig {
                 "set either basic_auth or a bearer token, not both".to_string(),
             );
         }
-        if self.tls_config.cert_file.is_some() != self.tls_config.key_file.is_some() {
-            return bad(
-                "tls_config",
-                "set both cert_file and key_file for a client certificate, or neither".to_string(),
-            );
-        }
-        Ok(())
+        self.tls_config
+            .validate("pushgateway.tls_config", self.url.host_str())
     }
 }
 
@@ -409,13 +353,10 @@ impl SecretSource {
         match self {
             SecretSource::Inline(secret) => Ok(secret.clone()),
             SecretSource::File { field, path } => {
-                let secret = Secret::from_file(path).map_err(|source| Error::Io {
-                    context: format!("reading pushgateway.{field} {}", path.display()),
-                    source,
-                })?;
+                let secret = read_credential(path, field)?;
                 if secret.is_empty() {
                     return Err(Error::Config(format!(
-                        "pushgateway.{field}: {} is empty",
+                        "{field}: {} is empty",
                         path.display()
                     )));
                 }
@@ -440,7 +381,7 @@ impl Auth {
         if let Some(basic) = &config.basic_auth {
             let password = match (&basic.password, &basic.password_file) {
                 (_, Some(path)) => SecretSource::File {
-                    field: "basic_auth.password_file",
+                    field: "pushgateway.basic_auth.password_file",
                     path: path.clone(),
                 },
                 (Some(secret), None) => SecretSource::Inline(secret.clone()),
@@ -454,7 +395,7 @@ impl Auth {
         }
         if let Some(path) = &config.bearer_token_file {
             return Auth::Bearer(SecretSource::File {
-                field: "bearer_token_file",
+                field: "pushgateway.bearer_token_file",
                 path: path.clone(),
             });
         }
@@ -537,25 +478,14 @@ impl PushgatewaySink {
         config.validate()?;
         let group_url = group_url(&config.url, &config.job, &config.grouping)?;
         let target = config.url.as_str().trim_end_matches('/').to_string();
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.timeout)
-            .user_agent(concat!(
-                env!("CARGO_PKG_NAME"),
-                "/",
-                env!("CARGO_PKG_VERSION")
-            ));
-        let tls = &config.tls_config;
-        if let Some(path) = &tls.ca_file {
-            for certificate in read_ca_file(path)? {
-                builder = builder.add_root_certificate(certificate);
-            }
-        }
-        if let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) {
-            builder = builder.identity(read_identity(cert_file, key_file)?);
-        }
-        if tls.insecure_skip_verify {
+        let builder = client_builder(
+            &config.tls_config,
+            "pushgateway.tls_config",
+            config.timeout,
+            concat!(env!("CARGO_PKG_NAME"), "/", env!("CARGO_PKG_VERSION")),
+        )?;
+        if config.tls_config.insecure_skip_verify {
             warn!(target_url = %target, "Pushgateway TLS certificate verification is off");
-            builder = builder.danger_accept_invalid_certs(true);
         }
         let client = builder
             .build()
@@ -907,49 +837,6 @@ fn is_refusal(error: &Error) -> bool {
     matches!(error, Error::Pushgateway { status: Some(s), .. } if (400..500).contains(s) && *s != 429)
 }
 
-/// The client certificate and its key, as reqwest takes them: one PEM
-/// buffer holding both.
-fn read_identity(cert_file: &Path, key_file: &Path) -> Result<reqwest::Identity, Error> {
-    let read = |field: &str, path: &Path| {
-        std::fs::read(path).map_err(|source| Error::Io {
-            context: format!("reading pushgateway.tls_config.{field} {}", path.display()),
-            source,
-        })
-    };
-    let mut pem = read("cert_file", cert_file)?;
-    pem.push(b'\n');
-    pem.extend_from_slice(&read("key_file", key_file)?);
-    reqwest::Identity::from_pem(&pem).map_err(|e| {
-        Error::Config(format!(
-            "pushgateway.tls_config: cert_file {} and key_file {} are not a PEM certificate \
-             and private key: {}",
-            cert_file.display(),
-            key_file.display(),
-            error_chain(&e)
-        ))
-    })
-}
-
-fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, Error> {
-    let pem = std::fs::read(path).map_err(|source| Error::Io {
-        context: format!("reading pushgateway.tls_config.ca_file {}", path.display()),
-        source,
-    })?;
-    let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-        Error::Config(format!(
-            "pushgateway.tls_config.ca_file: {} is not PEM: {e}",
-            path.display()
-        ))
-    })?;
-    if certificates.is_empty() {
-        return Err(Error::Config(format!(
-            "pushgateway.tls_config.ca_file: {} holds no certificate",
-            path.display()
-        )));
-    }
-    Ok(certificates)
-}
-
 /// The body of a refused request, read up to `MAX_ERROR_BODY_READ`.
 async fn read_error_body(mut response: reqwest::Response) -> String {
     let mut body = Vec::new();
@@ -982,21 +869,10 @@ fn status_text(status: StatusCode) -> String {
     }
 }
 
-/// reqwest's own message is terse ("error sending request"); the cause
-/// (connection refused, TLS) is in its sources.
-fn error_chain(error: &reqwest::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::metrics::{CORRELATED, VCENTER_UP};
 

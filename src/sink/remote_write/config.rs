@@ -19,6 +19,8 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::error::Error;
+use crate::http::deserialize_opt_secret;
+pub use crate::http::{BasicAuth, TlsConfig};
 use crate::secret::Secret;
 
 /// Protobuf message name of Remote-Write 1.0, as in Prometheus's `protobuf_message`.
@@ -88,7 +90,7 @@ pub struct RemoteWriteConfig {
     /// `Authorization: <type> <credentials>` header.
     pub authorization: Option<Authorization>,
     /// Legacy Prometheus setting: a bearer token. Prefer `authorization`.
-    #[serde(deserialize_with = "de_opt_secret")]
+    #[serde(deserialize_with = "deserialize_opt_secret")]
     pub bearer_token: Option<Secret>,
     /// Legacy Prometheus setting: a file holding a bearer token, read at
     /// every request so a rotated token is picked up.
@@ -163,21 +165,6 @@ impl Default for RemoteWriteConfig {
     }
 }
 
-/// HTTP basic authentication, as in Prometheus.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BasicAuth {
-    /// User name.
-    pub username: String,
-    /// Password (or use `password_file`).
-    #[serde(default, deserialize_with = "de_opt_secret")]
-    pub password: Option<Secret>,
-    /// File holding the password, read at every request so a rotated
-    /// password is picked up.
-    #[serde(default)]
-    pub password_file: Option<PathBuf>,
-}
-
 /// The `Authorization` header, as in Prometheus.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,7 +173,7 @@ pub struct Authorization {
     #[serde(default = "default_auth_type", rename = "type")]
     pub auth_type: String,
     /// The credentials (or use `credentials_file`).
-    #[serde(default, deserialize_with = "de_opt_secret")]
+    #[serde(default, deserialize_with = "deserialize_opt_secret")]
     pub credentials: Option<Secret>,
     /// File holding the credentials, read at every request.
     #[serde(default)]
@@ -195,24 +182,6 @@ pub struct Authorization {
 
 fn default_auth_type() -> String {
     "Bearer".to_string()
-}
-
-/// TLS settings, as in Prometheus's `tls_config`.
-#[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// PEM file of the CA(s) to trust, in addition to the system roots.
-    pub ca_file: Option<PathBuf>,
-    /// PEM client certificate, for mutual TLS (with `key_file`).
-    pub cert_file: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    pub key_file: Option<PathBuf>,
-    /// Accept any server certificate. For tests only.
-    #[serde(default)]
-    pub insecure_skip_verify: bool,
-    /// Accepted for compatibility only when it equals the URL's host: the
-    /// certificate is always checked against the URL's host.
-    pub server_name: Option<String>,
 }
 
 /// Backoff bounds between retries, named like Prometheus's `queue_config`.
@@ -266,10 +235,6 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     }
 
     d.deserialize_any(DurationVisitor)
-}
-
-fn de_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
 }
 
 impl RemoteWriteConfig {
@@ -347,12 +312,7 @@ impl RemoteWriteConfig {
             );
         }
         if let Some(b) = &self.basic_auth {
-            if b.username.is_empty() {
-                return bad("basic_auth.username must not be empty".to_string());
-            }
-            if b.password.is_some() && b.password_file.is_some() {
-                return bad("basic_auth: set password or password_file, not both".to_string());
-            }
+            b.validate("remote_write.basic_auth")?;
         }
         if let Some(a) = &self.authorization {
             if a.auth_type.eq_ignore_ascii_case("basic") {
@@ -372,17 +332,7 @@ impl RemoteWriteConfig {
             }
         }
         if let Some(tls) = &self.tls_config {
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                return bad("tls_config: cert_file and key_file must be set together".to_string());
-            }
-            if let Some(sni) = &tls.server_name
-                && Some(sni.as_str()) != url.host_str()
-            {
-                return bad(format!(
-                    "tls_config.server_name {sni:?} differs from the URL's host; \
-                     only the URL's host is supported"
-                ));
-            }
+            tls.validate("remote_write.tls_config", url.host_str())?;
         }
         if let Some(m) = &self.protobuf_message {
             if m != MESSAGE_V1 && m != MESSAGE_V2 {

@@ -9,7 +9,7 @@
 //! `bearer_token_file`) are read at every request, so a rotated Kubernetes
 //! Secret is picked up without a restart.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -18,7 +18,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use super::config::RemoteWriteConfig;
 use super::encode::WireVersion;
 use super::retry::parse_retry_after;
-use crate::error::{Error, truncate_body};
+use crate::error::{Error, error_chain, truncate_body};
+use crate::http::{BasicAuth, client_builder, read_credential};
 use crate::secret::Secret;
 
 /// `User-Agent` of every request.
@@ -38,15 +39,13 @@ const MAX_READ_BODY: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 enum Auth {
     None,
-    Basic {
-        username: String,
-        password: Option<Secret>,
-        password_file: Option<PathBuf>,
-    },
+    Basic(BasicAuth),
     Header {
         scheme: String,
         credentials: Option<Secret>,
         credentials_file: Option<PathBuf>,
+        /// The setting `credentials_file` came from, for errors.
+        file_field: &'static str,
     },
 }
 
@@ -79,57 +78,19 @@ impl std::fmt::Debug for HttpService {
     }
 }
 
-fn read_file_secret(path: &Path, field: &str) -> Result<Secret, Error> {
-    Secret::from_file(path).map_err(|source| Error::Io {
-        context: format!("remote_write {field} {}", path.display()),
-        source,
-    })
-}
-
 impl HttpService {
     /// Build the client (TLS, headers) from a validated config.
     pub fn new(config: &RemoteWriteConfig, target: String) -> Result<Self, Error> {
         let url = reqwest::Url::parse(&config.url)
             .map_err(|e| Error::Config(format!("remote_write url: {e}")))?;
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .connect_timeout(config.remote_timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(90));
-        if let Some(tls) = &config.tls_config {
-            if let Some(ca) = &tls.ca_file {
-                let pem = std::fs::read(ca).map_err(|source| Error::Io {
-                    context: format!("remote_write tls_config.ca_file {}", ca.display()),
-                    source,
-                })?;
-                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-                    Error::Config(format!(
-                        "remote_write tls_config.ca_file {}: {e}",
-                        ca.display()
-                    ))
-                })?;
-                for cert in certs {
-                    builder = builder.add_root_certificate(cert);
-                }
-            }
-            if let (Some(cert), Some(key)) = (&tls.cert_file, &tls.key_file) {
-                let mut pem = std::fs::read(cert).map_err(|source| Error::Io {
-                    context: format!("remote_write tls_config.cert_file {}", cert.display()),
-                    source,
-                })?;
-                pem.push(b'\n');
-                pem.extend(std::fs::read(key).map_err(|source| Error::Io {
-                    context: format!("remote_write tls_config.key_file {}", key.display()),
-                    source,
-                })?);
-                let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
-                    Error::Config(format!("remote_write tls_config.cert_file/key_file: {e}"))
-                })?;
-                builder = builder.identity(identity);
-            }
-            if tls.insecure_skip_verify {
-                builder = builder.danger_accept_invalid_certs(true);
-            }
-        }
+        let tls = config.tls_config.clone().unwrap_or_default();
+        let builder = client_builder(
+            &tls,
+            "remote_write.tls_config",
+            config.remote_timeout.min(Duration::from_secs(10)),
+            USER_AGENT,
+        )?
+        .pool_idle_timeout(Duration::from_secs(90));
         let client = builder
             .build()
             .map_err(|e| Error::Config(format!("remote_write: HTTP client: {e}")))?;
@@ -153,22 +114,20 @@ impl HttpService {
         );
 
         let auth = if let Some(b) = &config.basic_auth {
-            Auth::Basic {
-                username: b.username.clone(),
-                password: b.password.clone(),
-                password_file: b.password_file.clone(),
-            }
+            Auth::Basic(b.clone())
         } else if let Some(a) = &config.authorization {
             Auth::Header {
                 scheme: a.auth_type.clone(),
                 credentials: a.credentials.clone(),
                 credentials_file: a.credentials_file.clone(),
+                file_field: "remote_write.authorization.credentials_file",
             }
         } else if config.bearer_token.is_some() || config.bearer_token_file.is_some() {
             Auth::Header {
                 scheme: "Bearer".to_string(),
                 credentials: config.bearer_token.clone(),
                 credentials_file: config.bearer_token_file.clone(),
+                file_field: "remote_write.bearer_token_file",
             }
         } else {
             Auth::None
@@ -190,18 +149,10 @@ impl HttpService {
     fn authorization(&self) -> Result<Option<HeaderValue>, Error> {
         let value = match &self.auth {
             Auth::None => return Ok(None),
-            Auth::Basic {
-                username,
-                password,
-                password_file,
-            } => {
-                let password = match (password, password_file) {
-                    (Some(p), _) => p.clone(),
-                    (None, Some(f)) => read_file_secret(f, "basic_auth.password_file")?,
-                    (None, None) => Secret::default(),
-                };
+            Auth::Basic(basic) => {
+                let password = basic.password("remote_write.basic_auth")?;
                 use base64::Engine as _;
-                let raw = format!("{username}:{}", password.expose());
+                let raw = format!("{}:{}", basic.username, password.expose());
                 format!(
                     "Basic {}",
                     base64::engine::general_purpose::STANDARD.encode(raw)
@@ -211,10 +162,11 @@ impl HttpService {
                 scheme,
                 credentials,
                 credentials_file,
+                file_field,
             } => {
                 let credentials = match (credentials, credentials_file) {
                     (Some(c), _) => c.clone(),
-                    (None, Some(f)) => read_file_secret(f, "credentials file")?,
+                    (None, Some(f)) => read_credential(f, file_field)?,
                     (None, None) => Secret::default(),
                 };
                 format!("{scheme} {}", credentials.expose())
@@ -337,17 +289,4 @@ async fn read_error_body(mut response: reqwest::Response, left: Duration) -> Str
     } else {
         cut
     }
-}
-
-/// An error and its sources on one line: reqwest's own message is often just
-/// "error sending request".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
