@@ -270,8 +270,8 @@ impl PushgatewayConfig {
         }
         if let Some(basic) = &self.basic_auth {
             basic.validate("pushgateway.basic_auth")?;
-            // Unlike Prometheus, no empty password: a gateway behind an auth
-            // proxy that gets one refuses every push, late and obscurely.
+            // Stricter than remote-write (which, like Prometheus, sends an
+            // empty password): this sink has always asked for one.
             if basic.password.is_none() && basic.password_file.is_none() {
                 return bad("basic_auth", "needs password or password_file".to_string());
             }
