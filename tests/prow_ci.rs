@@ -559,9 +559,13 @@ async fn a_lease_file_answer_is_rechecked_until_metadata_json_names_every_vcente
         &[("govc.sh", GOVC_SH)],
     ));
     let jobs = [running_job("job-i", "9", "e2e-vsphere")];
-    let resolver = IdentityResolver::new(env.client.clone(), "vsphere02".into(), fast_options());
+    let every_call = ResolverOptions {
+        recheck_interval: Duration::ZERO,
+        ..fast_options()
+    };
+    let resolver = IdentityResolver::new(env.client.clone(), "vsphere02".into(), every_call);
 
-    // Install running: govc.sh answers, and is read again each cycle (the
+    // Install running: govc.sh answers, and is read again each call (the
     // secret only: the namespace is remembered).
     let first = resolver.resolve(&jobs).await;
     assert_eq!(first[0].identities, [identity(VC, "ci-user-2")]);
@@ -608,10 +612,38 @@ async fn a_lease_file_answer_is_rechecked_until_metadata_json_names_every_vcente
     assert_eq!((stats.rechecks, stats.cache_hits), (3, 1));
 }
 
+#[tokio::test]
+async fn a_lease_file_answer_is_not_read_again_within_the_recheck_interval() {
+    let env = env().await;
+    env.ci
+        .add_namespace(ci_namespace("ci-op-inst0002", "job-j"));
+    env.ci.add_secret(secret(
+        "ci-op-inst0002",
+        "e2e-vsphere",
+        &[("platform.json", PLATFORM_JSON)],
+    ));
+    let jobs = [running_job("job-j", "10", "e2e-vsphere")];
+    let hourly = ResolverOptions {
+        recheck_interval: Duration::from_secs(3600),
+        ..fast_options()
+    };
+    let resolver = IdentityResolver::new(env.client.clone(), "vsphere02".into(), hourly);
+
+    let first = resolver.resolve(&jobs).await;
+    let before = env.ci.lookup_count();
+    let second = resolver.resolve(&jobs).await;
+
+    assert_eq!(first[0].identities, [identity(VC, "ci-user-2")]);
+    assert_eq!(second[0].identities, first[0].identities);
+    assert_eq!(env.ci.lookup_count(), before);
+    assert_eq!(resolver.stats().cache_hits, 1);
+}
+
 /// Everything logged, at every level, while the guard lives (this thread).
 struct LogCapture {
     buffer: Arc<Mutex<Vec<u8>>>,
     _guard: tracing::subscriber::DefaultGuard,
+    _companion: tracing::Dispatch,
 }
 
 impl LogCapture {
@@ -626,9 +658,18 @@ impl LogCapture {
             .with_ansi(false)
             .with_writer(writer)
             .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        // With a single registered dispatcher, tracing-core computes a new
+        // callsite's interest from the default of the thread that hits it
+        // first; another test's thread (no subscriber) would then mark it
+        // "never" for every thread, and this capture would miss events. A
+        // second registered dispatcher makes interest the union of all.
+        let companion = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        tracing::callsite::rebuild_interest_cache();
         LogCapture {
             buffer,
-            _guard: tracing::subscriber::set_default(subscriber),
+            _guard: guard,
+            _companion: companion,
         }
     }
 

@@ -18,10 +18,13 @@
 //!   cycle makes no API call for such a job;
 //! - users from `platform.json`, `govc.sh` or `vsphere_context.sh` (lease
 //!   files, present while the install runs) are provisional: they are
-//!   answered, and the secret is read again every call (one GET per
-//!   installing job per cycle; the namespace is remembered) until
-//!   `metadata.json` appears, since it may name more vCenters. If that
-//!   re-read fails or finds no user, the previous answer stands;
+//!   answered from the cache, and the secret alone (the namespace is
+//!   remembered) is read again once they are older than
+//!   [`ResolverOptions::recheck_interval`] (2 minutes by default: one GET
+//!   per installing job per interval, while an install takes tens of
+//!   minutes), until `metadata.json` appears, since it may name more
+//!   vCenters. If that re-read fails or finds no user, the previous answer
+//!   stands until the next interval;
 //! - a job without users (namespace or secret not there yet, an error) is
 //!   looked up from scratch next call.
 //!
@@ -69,6 +72,9 @@ pub struct ResolverOptions {
     /// How much of a ci-operator log is read when looking for the namespace
     /// line (it is printed in the first lines).
     pub log_limit_bytes: i64,
+    /// Age after which a provisional answer (not from `metadata.json`) is
+    /// checked again by re-reading the secret. Zero: every call.
+    pub recheck_interval: Duration,
 }
 
 impl Default for ResolverOptions {
@@ -77,6 +83,7 @@ impl Default for ResolverOptions {
             call_timeout: Duration::from_secs(10),
             concurrency: 8,
             log_limit_bytes: 64 * 1024,
+            recheck_interval: Duration::from_secs(120),
         }
     }
 }
@@ -89,7 +96,7 @@ pub struct ResolverStats {
     pub log_reads: u64,
     /// All secret reads, re-reads of provisional answers included.
     pub secret_reads: u64,
-    /// Jobs answered from the cache with no API call (final answers).
+    /// Jobs answered from the cache with no API call.
     pub cache_hits: u64,
     /// Secret re-reads of jobs holding a provisional answer.
     pub rechecks: u64,
@@ -199,6 +206,14 @@ struct Cached {
     identities: Vec<CiIdentity>,
     /// From `metadata.json`: never read again while the job runs.
     is_final: bool,
+    /// When the secret was last read for this answer.
+    checked_at: tokio::time::Instant,
+}
+
+impl Cached {
+    fn is_due(&self, interval: Duration) -> bool {
+        !self.is_final && self.checked_at.elapsed() >= interval
+    }
 }
 
 /// Outcome of one job's lookup.
@@ -235,10 +250,11 @@ impl IdentityResolver {
         }
     }
 
-    /// Users of every job, in the order given. Final answers come from the
-    /// cache; provisional ones are re-read (secret only) and kept when the
-    /// re-read gives nothing better; jobs without users are looked up
-    /// again; cache entries of jobs not in `jobs` are dropped. Errors are
+    /// Users of every job, in the order given. Answers come from the cache,
+    /// except provisional ones older than the recheck interval: those are
+    /// re-read (secret only) and kept when the re-read gives nothing
+    /// better. Jobs without users are looked up again; cache entries of
+    /// jobs not in `jobs` are dropped. Errors are
     /// logged per job and leave that job with its previous answer, if any.
     pub async fn resolve(&self, jobs: &[RunningJob]) -> Vec<JobUsers> {
         let mut known: HashMap<String, Vec<CiIdentity>> = HashMap::new();
@@ -259,7 +275,7 @@ impl IdentityResolver {
                     continue;
                 }
                 match cache.get(&job.id) {
-                    Some(entry) if entry.is_final => {
+                    Some(entry) if !entry.is_due(self.options.recheck_interval) => {
                         bump(&self.counters.cache_hits);
                         known.insert(job.id.clone(), entry.identities.clone());
                     }
@@ -282,7 +298,12 @@ impl IdentityResolver {
                 .lock()
                 .expect("resolver cache lock is never poisoned");
             for (id, previous, found) in resolved {
-                // Nothing new: a provisional answer stands until a better one.
+                // Nothing new: a provisional answer stands until a better
+                // one, and is checked again after another interval.
+                let previous = previous.map(|p| Cached {
+                    checked_at: tokio::time::Instant::now(),
+                    ..p
+                });
                 let Some(entry) = found.or(previous) else {
                     continue;
                 };
@@ -352,6 +373,7 @@ impl IdentityResolver {
                 is_final: users.is_final(),
                 identities: users.identities,
                 namespace,
+                checked_at: tokio::time::Instant::now(),
             })),
             Err(errors) => {
                 let message = errors
@@ -497,5 +519,33 @@ impl IdentityResolver {
             }) if status.code == 404 => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(is_final: bool) -> Cached {
+        Cached {
+            namespace: "ci-op-x".into(),
+            identities: Vec::new(),
+            is_final,
+            checked_at: tokio::time::Instant::now(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn provisional_answers_fall_due_after_the_interval_and_final_ones_never() {
+        let interval = Duration::from_secs(120);
+        let (provisional, last) = (cached(false), cached(true));
+        assert!(!provisional.is_due(interval));
+        tokio::time::advance(Duration::from_secs(119)).await;
+        assert!(!provisional.is_due(interval));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(provisional.is_due(interval));
+        assert!(cached(false).is_due(Duration::ZERO));
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        assert!(!last.is_due(interval));
     }
 }
