@@ -84,6 +84,16 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// A Kubernetes API answer was not the JSON we expect (or not UTF-8).
+    /// `message` gives a category and a position only: the body may be a
+    /// Secret, and serde's own text can quote values.
+    #[error("Kubernetes API ({cluster}) {action}: malformed response: {message}")]
+    KubeDecode {
+        cluster: String,
+        action: String,
+        message: String,
+    },
+
     /// A CI secret exists but none of its files gave a usable user.
     #[error("CI secret {namespace}/{name}: {message}")]
     CiSecret {
@@ -142,6 +152,7 @@ impl Error {
             Error::KubeConfig { .. } => "kube_config",
             Error::Kube { .. } => "kube_api",
             Error::KubeTimeout { .. } => "kube_timeout",
+            Error::KubeDecode { .. } => "kube_decode",
             Error::CiSecret { .. } => "ci_secret",
             Error::RemoteWrite { .. } => "remote_write",
             Error::Pushgateway { .. } => "pushgateway",

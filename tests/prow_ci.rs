@@ -5,6 +5,7 @@
 #[path = "support/fake_ci.rs"]
 mod fake_ci;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fake_ci::*;
@@ -88,8 +89,21 @@ fn deck(ci: &FakeCi, timeout: Duration) -> DeckSource {
 
 // ------------------------------------------------------------ running jobs
 
+fn api_source(env: &Env, selector: JobSelector) -> ProwJobApiSource {
+    ProwJobApiSource::new(
+        env.client.clone(),
+        "ci".into(),
+        selector,
+        Duration::from_secs(5),
+    )
+}
+
+fn ids(jobs: &[RunningJob]) -> Vec<&str> {
+    jobs.iter().map(|j| j.id.as_str()).collect()
+}
+
 #[tokio::test]
-async fn deck_and_api_list_the_same_running_vsphere_jobs() {
+async fn deck_and_the_api_with_unlabelled_jobs_list_the_same_running_vsphere_jobs() {
     let env = env().await;
     env.ci.set_prowjobs(fixture_jobs());
 
@@ -97,12 +111,8 @@ async fn deck_and_api_list_the_same_running_vsphere_jobs() {
         .list_running_jobs()
         .await
         .expect("deck lists jobs");
-    let api = ProwJobApiSource::new(
-        env.client.clone(),
-        "ci".into(),
-        JobSelector::default(),
-        Duration::from_secs(5),
-    );
+    let api = api_source(&env, JobSelector::default()).with_unlabelled(true);
+    assert!(api.includes_unlabelled());
     let from_api = ProwSource::Api(api)
         .list_running_jobs()
         .await
@@ -112,8 +122,10 @@ async fn deck_and_api_list_the_same_running_vsphere_jobs() {
     // Labelled presubmit, labelled periodic, and the unlabelled job on a
     // `vsphere01` cluster. Not: no pod_spec, no --target, success, aws,
     // build02, gcp label on a vsphere cluster, triggered.
-    let ids: Vec<&str> = from_deck.iter().map(|j| j.id.as_str()).collect();
-    assert_eq!(ids, ["a1b2c3d4-0001", "a1b2c3d4-0002", "a1b2c3d4-0007"]);
+    assert_eq!(
+        ids(&from_deck),
+        ["a1b2c3d4-0001", "a1b2c3d4-0002", "a1b2c3d4-0007"]
+    );
     assert_eq!(
         from_deck[0],
         RunningJob {
@@ -138,6 +150,31 @@ async fn deck_and_api_list_the_same_running_vsphere_jobs() {
     assert_eq!(env.ci.count(Route::Deck), 1);
     // One list for the cloud label, one for jobs without it.
     assert_eq!(env.ci.count(Route::ProwJobList), 2);
+}
+
+#[tokio::test]
+async fn by_default_the_api_lists_only_labelled_jobs_in_one_list() {
+    let env = env().await;
+    env.ci.set_prowjobs(fixture_jobs());
+    let no_prefix = JobSelector {
+        cluster_prefix: String::new(),
+        ..JobSelector::default()
+    };
+    // (source, what it is)
+    let cases = [
+        (api_source(&env, JobSelector::default()), "default"),
+        (
+            api_source(&env, no_prefix).with_unlabelled(true),
+            "opted in, but no cluster prefix",
+        ),
+    ];
+    for (api, what) in cases {
+        assert!(!api.includes_unlabelled(), "{what}");
+        let before = env.ci.count(Route::ProwJobList);
+        let jobs = api.list_running_jobs().await.expect("the API lists jobs");
+        assert_eq!(ids(&jobs), ["a1b2c3d4-0001", "a1b2c3d4-0002"], "{what}");
+        assert_eq!(env.ci.count(Route::ProwJobList) - before, 1, "{what}");
+    }
 }
 
 #[tokio::test]
@@ -226,6 +263,23 @@ async fn prowjob_api_refusal_and_slowness_are_errors() {
         .await
         .expect_err("slow API is an error");
     assert!(matches!(err, Error::KubeTimeout { .. }), "{err}");
+
+    // A page that does not decode: its position, not its content.
+    env.ci.set_fault(
+        Route::ProwJobList,
+        Fault::raw(
+            200,
+            "application/json",
+            r#"{"items":[{"metadata":{"name":"x"},"status":{"state":"token-abc123"},"spec":7}]}"#,
+        ),
+    );
+    let err = api
+        .list_running_jobs()
+        .await
+        .expect_err("an undecodable page is an error");
+    assert_eq!(err.kind(), "kube_decode", "{err}");
+    assert!(err.to_string().contains("line 1 column"), "{err}");
+    assert!(!err.to_string().contains("token-abc123"), "{err}");
 
     // A kubeconfig with a wrong token: the fake answers 401.
     env.ci.clear_fault(Route::ProwJobList);
@@ -463,10 +517,10 @@ async fn a_steady_cycle_reads_nothing_ended_jobs_leave_the_cache_and_unresolved_
     env.ci.add_secret(secret(
         "ci-op-cache00c",
         "e2e-vsphere",
-        &[("govc.sh", GOVC_SH)],
+        &[("govc.sh", GOVC_SH), ("metadata.json", METADATA_JSON)],
     ));
     let second = resolver.resolve(&[a.clone(), b.clone(), c.clone()]).await;
-    assert_eq!(second[2].identities, [identity(VC, "ci-user-2")]);
+    assert_eq!(second[2].identities, [identity(VC, "ci-user-1")]);
     assert_eq!(
         env.ci.lookup_count() - reads_after_first,
         2,
@@ -491,6 +545,206 @@ async fn a_steady_cycle_reads_nothing_ended_jobs_leave_the_cache_and_unresolved_
         env.ci.lookup_count() - before,
         2,
         "job-b is looked up again"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_file_answer_is_rechecked_until_metadata_json_names_every_vcenter() {
+    let env = env().await;
+    env.ci
+        .add_namespace(ci_namespace("ci-op-inst0001", "job-i"));
+    env.ci.add_secret(secret(
+        "ci-op-inst0001",
+        "e2e-vsphere",
+        &[("govc.sh", GOVC_SH)],
+    ));
+    let jobs = [running_job("job-i", "9", "e2e-vsphere")];
+    let every_call = ResolverOptions {
+        recheck_interval: Duration::ZERO,
+        ..fast_options()
+    };
+    let resolver = IdentityResolver::new(env.client.clone(), "vsphere02".into(), every_call);
+
+    // Install running: govc.sh answers, and is read again each call (the
+    // secret only: the namespace is remembered).
+    let first = resolver.resolve(&jobs).await;
+    assert_eq!(first[0].identities, [identity(VC, "ci-user-2")]);
+    let before = env.ci.lookup_count();
+    let second = resolver.resolve(&jobs).await;
+    assert_eq!(second[0].identities, [identity(VC, "ci-user-2")]);
+    assert_eq!(env.ci.lookup_count() - before, 1);
+    assert_eq!(env.ci.count(Route::NamespaceList), 1);
+
+    // A failed re-read keeps the answer already known.
+    env.ci.set_fault(Route::Secret, Fault::status(500));
+    let failed = resolver.resolve(&jobs).await;
+    assert_eq!(failed[0].identities, [identity(VC, "ci-user-2")]);
+    env.ci.clear_fault(Route::Secret);
+
+    // Install done: metadata.json names two vCenters.
+    let two = [
+        ("vcenter-1.ci.example.com", "ci-user-3@vsphere.local"),
+        ("vcenter-2.ci.example.com", "ci-user-4@vsphere.local"),
+    ];
+    env.ci.add_secret(secret(
+        "ci-op-inst0001",
+        "e2e-vsphere",
+        &[
+            ("govc.sh", GOVC_SH),
+            ("metadata.json", &metadata_json_multi(&two)),
+        ],
+    ));
+    let done = resolver.resolve(&jobs).await;
+    assert_eq!(
+        done[0].identities,
+        [
+            identity("vcenter-1.ci.example.com", "ci-user-3"),
+            identity("vcenter-2.ci.example.com", "ci-user-4"),
+        ]
+    );
+
+    // Final: nothing is read any more.
+    let before = env.ci.lookup_count();
+    let steady = resolver.resolve(&jobs).await;
+    assert_eq!(steady[0].identities, done[0].identities);
+    assert_eq!(env.ci.lookup_count(), before);
+    let stats = resolver.stats();
+    assert_eq!((stats.rechecks, stats.cache_hits), (3, 1));
+}
+
+#[tokio::test]
+async fn a_lease_file_answer_is_not_read_again_within_the_recheck_interval() {
+    let env = env().await;
+    env.ci
+        .add_namespace(ci_namespace("ci-op-inst0002", "job-j"));
+    env.ci.add_secret(secret(
+        "ci-op-inst0002",
+        "e2e-vsphere",
+        &[("platform.json", PLATFORM_JSON)],
+    ));
+    let jobs = [running_job("job-j", "10", "e2e-vsphere")];
+    let hourly = ResolverOptions {
+        recheck_interval: Duration::from_secs(3600),
+        ..fast_options()
+    };
+    let resolver = IdentityResolver::new(env.client.clone(), "vsphere02".into(), hourly);
+
+    let first = resolver.resolve(&jobs).await;
+    let before = env.ci.lookup_count();
+    let second = resolver.resolve(&jobs).await;
+
+    assert_eq!(first[0].identities, [identity(VC, "ci-user-2")]);
+    assert_eq!(second[0].identities, first[0].identities);
+    assert_eq!(env.ci.lookup_count(), before);
+    assert_eq!(resolver.stats().cache_hits, 1);
+}
+
+/// Everything logged, at every level, while the guard lives (this thread).
+struct LogCapture {
+    buffer: Arc<Mutex<Vec<u8>>>,
+    _guard: tracing::subscriber::DefaultGuard,
+    _companion: tracing::Dispatch,
+}
+
+impl LogCapture {
+    fn start() -> LogCapture {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let writer = {
+            let buffer = Arc::clone(&buffer);
+            move || SharedWriter(Arc::clone(&buffer))
+        };
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(writer)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
+        // With a single registered dispatcher, tracing-core computes a new
+        // callsite's interest from the default of the thread that hits it
+        // first; another test's thread (no subscriber) would then mark it
+        // "never" for every thread, and this capture would miss events. A
+        // second registered dispatcher makes interest the union of all.
+        let companion = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        tracing::callsite::rebuild_interest_cache();
+        LogCapture {
+            buffer,
+            _guard: guard,
+            _companion: companion,
+        }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(
+            &self
+                .buffer
+                .lock()
+                .expect("log buffer lock is never poisoned"),
+        )
+        .into_owned()
+    }
+}
+
+struct SharedWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for SharedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .expect("log buffer lock is never poisoned")
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_secret_that_does_not_decode_leaves_the_job_unresolved_and_is_never_logged() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let env = env().await;
+    env.ci
+        .add_namespace(ci_namespace("ci-op-leak0001", "job-leak"));
+    // A valid file holding a password, then a value that is not base64 and
+    // holds one in clear.
+    let metadata = metadata_json(VC, "ci-user-1@vsphere.local");
+    let clear_password = "hunter2-not-base64";
+    let body = secret_body_raw(
+        "ci-op-leak0001",
+        "e2e-vsphere",
+        &[
+            ("metadata.json", &b64(&metadata)),
+            (
+                "govc.sh",
+                &format!("export GOVC_PASSWORD={clear_password} %%%"),
+            ),
+        ],
+    );
+    env.ci
+        .set_fault(Route::Secret, Fault::raw(200, "application/json", body));
+    let resolver = IdentityResolver::new(env.client.clone(), "vsphere02".into(), fast_options());
+    let jobs = [running_job("job-leak", "1", "e2e-vsphere")];
+
+    let logs = LogCapture::start();
+    let got = resolver.resolve(&jobs).await;
+    let text = logs.text();
+    drop(logs);
+
+    assert!(got[0].identities.is_empty());
+    assert_eq!(resolver.stats().failures, 1);
+    for secret in [
+        "s3cret-metadata-password",
+        clear_password,
+        &b64(&metadata),
+        &b64("s3cret-metadata-password"),
+    ] {
+        assert!(!text.contains(secret), "{secret:?} logged: {text}");
+    }
+    assert!(
+        text.contains("Resolving CI users failed") && text.contains("malformed response"),
+        "the failure is logged: {text}"
     );
 }
 

@@ -16,10 +16,12 @@
 
 use std::collections::BTreeSet;
 
+use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
 use super::CiIdentity;
 use crate::correlate::normalize_username;
+use crate::kube_client::json_error_position;
 
 /// Secret keys tried in order; the first that yields a user wins.
 pub const PROFILE_FILES: [&str; 4] = [
@@ -37,6 +39,27 @@ pub struct FileError {
     pub message: String,
 }
 
+/// The users found in a CI secret and the file they came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileUsers {
+    /// One of [`PROFILE_FILES`].
+    pub file: &'static str,
+    /// Never empty.
+    pub identities: Vec<CiIdentity>,
+}
+
+impl ProfileUsers {
+    /// Whether the answer is the install's own record (`metadata.json`,
+    /// written when the install ends, with every vCenter). Earlier files
+    /// (lease files) may name fewer vCenters than the cluster ends up using.
+    pub fn is_final(&self) -> bool {
+        self.file == FINAL_FILE
+    }
+}
+
+/// The file whose answer does not change while the job runs.
+pub const FINAL_FILE: &str = "metadata.json";
+
 /// Identities from the first file of [`PROFILE_FILES`] that yields a user.
 /// `get` returns a file's bytes by key. `Ok(empty)` when no file is present
 /// or none names a user; `Err` lists the files that failed to parse when
@@ -44,6 +67,14 @@ pub struct FileError {
 pub fn identities_from_files<'a>(
     get: impl Fn(&str) -> Option<&'a [u8]>,
 ) -> Result<Vec<CiIdentity>, Vec<FileError>> {
+    users_from_files(get).map(|found| found.map(|u| u.identities).unwrap_or_default())
+}
+
+/// Like [`identities_from_files`], also telling which file answered:
+/// `Ok(None)` when no file is present or none names a user.
+pub fn users_from_files<'a>(
+    get: impl Fn(&str) -> Option<&'a [u8]>,
+) -> Result<Option<ProfileUsers>, Vec<FileError>> {
     let mut errors = Vec::new();
     for file in PROFILE_FILES {
         let Some(bytes) = get(file) else { continue };
@@ -53,28 +84,18 @@ pub fn identities_from_files<'a>(
             _ => Ok(parse_govc_sh(bytes)),
         };
         match parsed {
-            Ok(ids) if !ids.is_empty() => return Ok(ids),
+            Ok(identities) if !identities.is_empty() => {
+                return Ok(Some(ProfileUsers { file, identities }));
+            }
             Ok(_) => {}
             Err(message) => errors.push(FileError { file, message }),
         }
     }
     if errors.is_empty() {
-        Ok(Vec::new())
+        Ok(None)
     } else {
         Err(errors)
     }
-}
-
-/// A safe description of a JSON error: its category and position only.
-/// serde's own message can quote a value (`invalid type: string "..."`).
-fn json_error(e: &serde_json::Error) -> String {
-    let category = match e.classify() {
-        serde_json::error::Category::Io => "I/O error",
-        serde_json::error::Category::Syntax => "invalid JSON",
-        serde_json::error::Category::Data => "unexpected JSON shape",
-        serde_json::error::Category::Eof => "truncated JSON",
-    };
-    format!("{category} at line {} column {}", e.line(), e.column())
 }
 
 #[derive(Deserialize, Default)]
@@ -104,7 +125,7 @@ struct MetadataVcenter {
 /// `metadata.json`: the single `vCenter`/`username` pair and every
 /// `VCenters[]` entry.
 pub fn parse_metadata_json(bytes: &[u8]) -> Result<Vec<CiIdentity>, String> {
-    let doc: MetadataJson = serde_json::from_slice(bytes).map_err(|e| json_error(&e))?;
+    let doc: MetadataJson = serde_json::from_slice(bytes).map_err(|e| json_error_position(&e))?;
     let Some(vs) = doc.vsphere else {
         return Ok(Vec::new());
     };
@@ -133,7 +154,7 @@ struct PlatformVcenter {
 
 /// `platform.json`: every `vcenters[]` entry.
 pub fn parse_platform_json(bytes: &[u8]) -> Result<Vec<CiIdentity>, String> {
-    let doc: PlatformJson = serde_json::from_slice(bytes).map_err(|e| json_error(&e))?;
+    let doc: PlatformJson = serde_json::from_slice(bytes).map_err(|e| json_error_position(&e))?;
     Ok(collect(
         doc.vcenters
             .unwrap_or_default()
@@ -183,54 +204,44 @@ fn shell_value(raw: &str) -> String {
         .to_string()
 }
 
-fn parse_server(server: &str) -> Option<url::Url> {
-    let server = server.trim();
-    if server.is_empty() {
+/// `raw` as a URL: as is when it has a scheme, else as `https://raw`.
+fn parse_server(raw: &str) -> Option<url::Url> {
+    let raw = raw.trim();
+    if raw.is_empty() {
         return None;
     }
-    if server.contains("://") {
-        url::Url::parse(server).ok()
+    if raw.contains("://") {
+        url::Url::parse(raw).ok()
     } else {
-        url::Url::parse(&format!("https://{server}")).ok()
+        url::Url::parse(&format!("https://{raw}")).ok()
     }
 }
 
 /// The host of a vCenter given as a host, `host:port` or URL (with user
-/// info or path): lower case, no scheme, port or path.
-pub fn vcenter_host(server: &str) -> Option<String> {
-    let url = parse_server(server)?;
-    let host = url.host_str()?.trim_end_matches('.').to_ascii_lowercase();
-    (!host.is_empty()).then_some(host)
+/// info, port or path): lower case, without scheme, user info, port, path
+/// and trailing dot (`VC1.Example.com.` and `https://u@vc1.example.com:443/sdk`
+/// are both `vc1.example.com`). The one normalisation used for vCenter
+/// labels everywhere, so sessions and CI users meet on the same value.
+/// Parsing is `url`'s (WHATWG host parsing: IDNA to punycode, IPv6 kept in
+/// brackets). Empty when `raw` has no host or does not parse.
+pub fn normalize_host(raw: &str) -> String {
+    let Some(url) = parse_server(raw) else {
+        return String::new();
+    };
+    url.host_str()
+        .unwrap_or_default()
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
 }
 
+/// The user of a URL's user info, percent-decoded (`other%40vsphere.local`).
 fn url_user(server: &str) -> Option<String> {
     let url = parse_server(server)?;
     let user = url.username();
     if user.is_empty() {
         return None;
     }
-    let decoded = percent_decode(user);
-    Some(decoded)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let hex = |b: u8| (b as char).to_digit(16);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && i + 2 < bytes.len()
-            && let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2]))
-        {
-            out.push((hi * 16 + lo) as u8);
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    Some(percent_decode_str(user).decode_utf8_lossy().into_owned())
 }
 
 /// Pairs with both a server and a user, normalised, deduplicated and sorted.
@@ -238,7 +249,10 @@ fn collect(pairs: impl IntoIterator<Item = (Option<String>, Option<String>)>) ->
     let set: BTreeSet<CiIdentity> = pairs
         .into_iter()
         .filter_map(|(server, user)| {
-            let vcenter = vcenter_host(server.as_deref()?)?;
+            let vcenter = normalize_host(server.as_deref()?);
+            if vcenter.is_empty() {
+                return None;
+            }
             let username = normalize_username(user.as_deref()?);
             (!username.is_empty()).then_some(CiIdentity { vcenter, username })
         })
@@ -336,17 +350,51 @@ mod tests {
     }
 
     #[test]
-    fn vcenter_host_table() {
+    fn normalize_host_table() {
         let cases = [
-            ("vc1.example.com", Some("vc1.example.com")),
-            ("VC1.Example.COM:443", Some("vc1.example.com")),
-            ("https://u:p@vc1/sdk", Some("vc1")),
-            ("127.0.0.1", Some("127.0.0.1")),
-            ("", None),
+            ("vc1.example.com", "vc1.example.com"),
+            ("VC1.Example.COM:443", "vc1.example.com"),
+            ("  vc1.example.com.  ", "vc1.example.com"),
+            (
+                "https://u:p@VC1.example.com.:8443/sdk?x=1#f",
+                "vc1.example.com",
+            ),
+            ("http://vc1/", "vc1"),
+            ("u%40vsphere.local@vc1", "vc1"),
+            ("127.0.0.1", "127.0.0.1"),
+            ("https://[::1]:443/sdk", "[::1]"),
+            ("https://VC%31.example.com", "vc1.example.com"),
+            ("https://", ""),
+            ("", ""),
+            ("vc 1", ""),
         ];
         for (input, want) in cases {
-            assert_eq!(vcenter_host(input).as_deref(), want, "{input}");
+            assert_eq!(normalize_host(input), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn the_answering_file_is_told_and_only_metadata_json_is_final() {
+        let files = [
+            (
+                "govc.sh",
+                &b"export GOVC_URL=vc1\nexport GOVC_USERNAME=u\n"[..],
+            ),
+            ("metadata.json", &br#"{"vsphere":{"vCenter":"vc1"}}"#[..]),
+        ];
+        let get = |k: &str| files.iter().find(|(f, _)| *f == k).map(|(_, b)| *b);
+        let found = users_from_files(get)
+            .unwrap()
+            .expect("govc.sh names a user");
+        assert_eq!(found.file, "govc.sh");
+        assert!(!found.is_final());
+
+        let meta = br#"{"vsphere":{"vCenter":"vc1","username":"u"}}"#;
+        let found = users_from_files(|k| (k == "metadata.json").then_some(&meta[..]))
+            .unwrap()
+            .expect("metadata.json names a user");
+        assert!(found.is_final());
+        assert_eq!(users_from_files(|_| None).unwrap(), None);
     }
 
     #[test]

@@ -10,12 +10,29 @@
 //! 2. the secret named after the job's target in that namespace, read through
 //!    a struct holding only the four profile files (other keys are skipped by
 //!    serde and never reach memory as values);
-//! 3. [`profile::identities_from_files`].
+//! 3. [`profile::users_from_files`].
 //!
-//! A job with users stays cached while it keeps running, so a steady cycle
-//! makes no API call at all. A job without users (namespace or secret not
-//! there yet, install still running, an error) is tried again next call.
-//! Calls run with bounded concurrency and a timeout each.
+//! Caching, per running job:
+//! - users from `metadata.json` are final (the installer writes it when the
+//!   install ends, with every vCenter): kept while the job runs, so a steady
+//!   cycle makes no API call for such a job;
+//! - users from `platform.json`, `govc.sh` or `vsphere_context.sh` (lease
+//!   files, present while the install runs) are provisional: they are
+//!   answered from the cache, and the secret alone (the namespace is
+//!   remembered) is read again once they are older than
+//!   [`ResolverOptions::recheck_interval`] (2 minutes by default: one GET
+//!   per installing job per interval, while an install takes tens of
+//!   minutes), until `metadata.json` appears, since it may name more
+//!   vCenters. If that re-read fails or finds no user, the previous answer
+//!   stands until the next interval;
+//! - a job without users (namespace or secret not there yet, an error) is
+//!   looked up from scratch next call.
+//!
+//! Every answer is fetched as text and deserialized here
+//! ([`crate::kube_client::decode_response`]), never with
+//! `Client::request::<T>`/`Api::list`, which log the whole body when it does
+//! not deserialize: for the secret that would be its data, passwords
+//! included. Calls run with bounded concurrency and a timeout each.
 //! API conventions: <https://kubernetes.io/docs/reference/using-api/api-concepts/>.
 
 use std::collections::{HashMap, HashSet};
@@ -25,7 +42,7 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, StreamExt};
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{GetParams, ListParams, LogParams};
 use regex::Regex;
@@ -35,6 +52,7 @@ use super::CiIdentity;
 use super::profile;
 use crate::correlate::JobUsers;
 use crate::error::Error;
+use crate::kube_client::decode_response;
 use crate::prow::RunningJob;
 
 /// Label ci-operator puts on the namespace it creates for a job.
@@ -54,6 +72,9 @@ pub struct ResolverOptions {
     /// How much of a ci-operator log is read when looking for the namespace
     /// line (it is printed in the first lines).
     pub log_limit_bytes: i64,
+    /// Age after which a provisional answer (not from `metadata.json`) is
+    /// checked again by re-reading the secret. Zero: every call.
+    pub recheck_interval: Duration,
 }
 
 impl Default for ResolverOptions {
@@ -62,6 +83,7 @@ impl Default for ResolverOptions {
             call_timeout: Duration::from_secs(10),
             concurrency: 8,
             log_limit_bytes: 64 * 1024,
+            recheck_interval: Duration::from_secs(120),
         }
     }
 }
@@ -72,9 +94,12 @@ pub struct ResolverStats {
     /// Namespace lists and (fallback) pod lists.
     pub namespace_lookups: u64,
     pub log_reads: u64,
+    /// All secret reads, re-reads of provisional answers included.
     pub secret_reads: u64,
-    /// Jobs answered from the cache.
+    /// Jobs answered from the cache with no API call.
     pub cache_hits: u64,
+    /// Secret re-reads of jobs holding a provisional answer.
+    pub rechecks: u64,
     /// Jobs left unresolved by an error (not by a namespace or secret that
     /// does not exist yet).
     pub failures: u64,
@@ -86,6 +111,7 @@ struct Counters {
     log_reads: AtomicU64,
     secret_reads: AtomicU64,
     cache_hits: AtomicU64,
+    rechecks: AtomicU64,
     failures: AtomicU64,
 }
 
@@ -114,6 +140,32 @@ struct ProfileData {
     vsphere_context_sh: Option<ByteString>,
 }
 
+/// A list answer reduced to the items' names.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct NameList {
+    items: Vec<Named>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct Named {
+    metadata: NameOnly,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct NameOnly {
+    name: Option<String>,
+}
+
+impl NameList {
+    /// The first name in sort order, so a repeated lookup picks the same.
+    fn first_name(self) -> Option<String> {
+        self.items.into_iter().filter_map(|i| i.metadata.name).min()
+    }
+}
+
 impl ProfileData {
     fn file(&self, key: &str) -> Option<&[u8]> {
         let value = match key {
@@ -134,7 +186,7 @@ pub struct IdentityResolver {
     options: ResolverOptions,
     namespace_line: Regex,
     /// Job id -> its users, only for jobs that resolved to at least one user.
-    cache: Mutex<HashMap<String, Vec<CiIdentity>>>,
+    cache: Mutex<HashMap<String, Cached>>,
     counters: Counters,
 }
 
@@ -147,9 +199,26 @@ impl std::fmt::Debug for IdentityResolver {
     }
 }
 
+/// A job's users and where they were found.
+#[derive(Clone)]
+struct Cached {
+    namespace: String,
+    identities: Vec<CiIdentity>,
+    /// From `metadata.json`: never read again while the job runs.
+    is_final: bool,
+    /// When the secret was last read for this answer.
+    checked_at: tokio::time::Instant,
+}
+
+impl Cached {
+    fn is_due(&self, interval: Duration) -> bool {
+        !self.is_final && self.checked_at.elapsed() >= interval
+    }
+}
+
 /// Outcome of one job's lookup.
 enum Lookup {
-    Found(Vec<CiIdentity>),
+    Found(Cached),
     /// Not an error: the namespace or secret does not exist yet, or holds
     /// no user yet. Tried again next call.
     NotYet(&'static str),
@@ -176,16 +245,24 @@ impl IdentityResolver {
             log_reads: c.log_reads.load(Ordering::Relaxed),
             secret_reads: c.secret_reads.load(Ordering::Relaxed),
             cache_hits: c.cache_hits.load(Ordering::Relaxed),
+            rechecks: c.rechecks.load(Ordering::Relaxed),
             failures: c.failures.load(Ordering::Relaxed),
         }
     }
 
-    /// Users of every job, in the order given. Cached jobs are answered from
-    /// the cache; cache entries of jobs not in `jobs` are dropped; jobs
-    /// without users are looked up again. Errors are logged per job and
-    /// leave that job with no users.
+    /// Users of every job, in the order given. Answers come from the cache,
+    /// except provisional ones older than the recheck interval: those are
+    /// re-read (secret only) and kept when the re-read gives nothing
+    /// better. Jobs without users are looked up again; cache entries of
+    /// jobs not in `jobs` are dropped. Errors are
+    /// logged per job and leave that job with its previous answer, if any.
     pub async fn resolve(&self, jobs: &[RunningJob]) -> Vec<JobUsers> {
         let mut known: HashMap<String, Vec<CiIdentity>> = HashMap::new();
+        let mut seen = HashSet::new();
+        // Owned jobs: a stream of futures over borrowed jobs trips the
+        // compiler's higher-ranked `Send` check when the cycle runs in a
+        // spawned task.
+        let mut todo: Vec<(RunningJob, Option<Cached>)> = Vec::new();
         {
             let mut cache = self
                 .cache
@@ -194,26 +271,23 @@ impl IdentityResolver {
             let running: HashSet<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
             cache.retain(|id, _| running.contains(id.as_str()));
             for job in jobs {
-                if let Some(ids) = cache.get(&job.id) {
-                    bump(&self.counters.cache_hits);
-                    known.insert(job.id.clone(), ids.clone());
+                if !seen.insert(job.id.as_str()) {
+                    continue;
+                }
+                match cache.get(&job.id) {
+                    Some(entry) if !entry.is_due(self.options.recheck_interval) => {
+                        bump(&self.counters.cache_hits);
+                        known.insert(job.id.clone(), entry.identities.clone());
+                    }
+                    entry => todo.push((job.clone(), entry.cloned())),
                 }
             }
         }
-        let mut seen = HashSet::new();
-        // Owned jobs: a stream of futures over borrowed jobs trips the
-        // compiler's higher-ranked `Send` check when the cycle runs in a
-        // spawned task.
-        let todo: Vec<RunningJob> = jobs
-            .iter()
-            .filter(|j| !known.contains_key(&j.id) && seen.insert(j.id.as_str()))
-            .cloned()
-            .collect();
         let concurrency = self.options.concurrency.max(1);
-        let resolved: Vec<(String, Vec<CiIdentity>)> = futures::stream::iter(todo)
-            .map(|job| async move {
-                let users = self.resolve_uncached(&job).await;
-                (job.id, users)
+        let resolved: Vec<(String, Option<Cached>, Option<Cached>)> = futures::stream::iter(todo)
+            .map(|(job, previous)| async move {
+                let found = self.resolve_job(&job, previous.as_ref()).await;
+                (job.id, previous, found)
             })
             .buffer_unordered(concurrency)
             .collect()
@@ -223,11 +297,18 @@ impl IdentityResolver {
                 .cache
                 .lock()
                 .expect("resolver cache lock is never poisoned");
-            for (id, ids) in resolved {
-                if !ids.is_empty() {
-                    cache.insert(id.clone(), ids.clone());
-                }
-                known.insert(id, ids);
+            for (id, previous, found) in resolved {
+                // Nothing new: a provisional answer stands until a better
+                // one, and is checked again after another interval.
+                let previous = previous.map(|p| Cached {
+                    checked_at: tokio::time::Instant::now(),
+                    ..p
+                });
+                let Some(entry) = found.or(previous) else {
+                    continue;
+                };
+                known.insert(id.clone(), entry.identities.clone());
+                cache.insert(id, entry);
             }
         }
         jobs.iter()
@@ -238,15 +319,27 @@ impl IdentityResolver {
             .collect()
     }
 
-    async fn resolve_uncached(&self, job: &RunningJob) -> Vec<CiIdentity> {
-        match self.lookup(job).await {
-            Ok(Lookup::Found(ids)) => {
-                tracing::debug!(cluster = %self.cluster, job = %job.id, users = ids.len(), "Resolved CI users");
-                ids
+    /// Look a job up: from scratch, or (with a provisional `previous`
+    /// answer) by re-reading its secret. `None` when nothing was found.
+    async fn resolve_job(&self, job: &RunningJob, previous: Option<&Cached>) -> Option<Cached> {
+        let namespace = previous.map(|p| p.namespace.as_str());
+        if namespace.is_some() {
+            bump(&self.counters.rechecks);
+        }
+        match self.lookup(job, namespace).await {
+            Ok(Lookup::Found(found)) => {
+                tracing::debug!(
+                    cluster = %self.cluster,
+                    job = %job.id,
+                    users = found.identities.len(),
+                    is_final = found.is_final,
+                    "Resolved CI users"
+                );
+                Some(found)
             }
             Ok(Lookup::NotYet(why)) => {
                 tracing::debug!(cluster = %self.cluster, job = %job.id, reason = why, "CI users not known yet");
-                Vec::new()
+                None
             }
             Err(error) => {
                 bump(&self.counters.failures);
@@ -257,21 +350,31 @@ impl IdentityResolver {
                     error = %error,
                     "Resolving CI users failed"
                 );
-                Vec::new()
+                None
             }
         }
     }
 
-    async fn lookup(&self, job: &RunningJob) -> Result<Lookup, Error> {
-        let Some(namespace) = self.find_namespace(job).await? else {
-            return Ok(Lookup::NotYet("no ci-op namespace yet"));
+    /// `namespace`: the job's ci-op namespace when already known.
+    async fn lookup(&self, job: &RunningJob, namespace: Option<&str>) -> Result<Lookup, Error> {
+        let namespace = match namespace {
+            Some(ns) => ns.to_string(),
+            None => match self.find_namespace(job).await? {
+                Some(ns) => ns,
+                None => return Ok(Lookup::NotYet("no ci-op namespace yet")),
+            },
         };
         let Some(secret) = self.read_secret(&namespace, &job.target).await? else {
             return Ok(Lookup::NotYet("no CI secret yet"));
         };
-        match profile::identities_from_files(|key| secret.data.file(key)) {
-            Ok(ids) if ids.is_empty() => Ok(Lookup::NotYet("no user in the CI secret yet")),
-            Ok(ids) => Ok(Lookup::Found(ids)),
+        match profile::users_from_files(|key| secret.data.file(key)) {
+            Ok(None) => Ok(Lookup::NotYet("no user in the CI secret yet")),
+            Ok(Some(users)) => Ok(Lookup::Found(Cached {
+                is_final: users.is_final(),
+                identities: users.identities,
+                namespace,
+                checked_at: tokio::time::Instant::now(),
+            })),
             Err(errors) => {
                 let message = errors
                     .iter()
@@ -308,23 +411,36 @@ impl IdentityResolver {
         }
     }
 
+    /// Fetch the list at `path` (names only) with `selector`.
+    async fn list_names(&self, path: String, selector: &str) -> Result<NameList, Error> {
+        let action = format!("list {path} ({selector})");
+        let request = kube::core::Request::new(path)
+            .list(&ListParams::default().labels(selector))
+            .map_err(|e| self.build_error(&action, e))?;
+        decode_response(
+            &self.cluster,
+            &action,
+            self.options.call_timeout,
+            self.client.request_text(request),
+        )
+        .await
+    }
+
+    fn build_error(&self, action: &str, e: kube::core::request::Error) -> Error {
+        Error::Kube {
+            cluster: self.cluster.clone(),
+            action: action.to_string(),
+            source: kube::Error::BuildRequest(e),
+        }
+    }
+
     async fn find_namespace(&self, job: &RunningJob) -> Result<Option<String>, Error> {
         let selector = format!("{JOB_ID_LABEL}={}", job.id);
         bump(&self.counters.namespace_lookups);
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
         let list = self
-            .call(
-                || format!("list namespaces ({selector})"),
-                namespaces.list(&ListParams::default().labels(&selector)),
-            )
+            .list_names("/api/v1/namespaces".to_string(), &selector)
             .await?;
-        let mut names: Vec<String> = list
-            .items
-            .into_iter()
-            .filter_map(|n| n.metadata.name)
-            .collect();
-        names.sort();
-        if let Some(name) = names.into_iter().next() {
+        if let Some(name) = list.first_name() {
             return Ok(Some(name));
         }
         if job.build_id.is_empty() {
@@ -337,22 +453,15 @@ impl IdentityResolver {
     async fn namespace_from_log(&self, job: &RunningJob) -> Result<Option<String>, Error> {
         let selector = format!("{}={}", crate::prow::job::BUILD_ID_LABEL, job.build_id);
         bump(&self.counters.namespace_lookups);
-        let pods: Api<Pod> = Api::namespaced(self.client.clone(), CI_NAMESPACE);
+        // Pods are listed by name only: their specs can carry secrets in
+        // environment values.
         let list = self
-            .call(
-                || format!("list pods in {CI_NAMESPACE} ({selector})"),
-                pods.list(&ListParams::default().labels(&selector)),
-            )
+            .list_names(format!("/api/v1/namespaces/{CI_NAMESPACE}/pods"), &selector)
             .await?;
-        let mut names: Vec<String> = list
-            .items
-            .into_iter()
-            .filter_map(|p| p.metadata.name)
-            .collect();
-        names.sort();
-        let Some(pod) = names.into_iter().next() else {
+        let Some(pod) = list.first_name() else {
             return Ok(None);
         };
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), CI_NAMESPACE);
         bump(&self.counters.log_reads);
         let limit = self.options.log_limit_bytes.max(1);
         let params = LogParams {
@@ -389,17 +498,19 @@ impl IdentityResolver {
     ) -> Result<Option<ProfileSecret>, Error> {
         bump(&self.counters.secret_reads);
         let path = format!("/api/v1/namespaces/{namespace}/secrets");
-        let action = || format!("read secret {namespace}/{name}");
+        let action = format!("read secret {namespace}/{name}");
         let request = kube::core::Request::new(path)
             .get(name, &GetParams::default())
-            .map_err(|e| Error::Kube {
-                cluster: self.cluster.clone(),
-                action: action(),
-                source: kube::Error::BuildRequest(e),
-            })?;
-        match self
-            .call(action, self.client.request::<ProfileSecret>(request))
-            .await
+            .map_err(|e| self.build_error(&action, e))?;
+        // Text first, decoded here: see the module docs (the body holds
+        // passwords, and a body that fails to decode must not be logged).
+        match decode_response::<ProfileSecret>(
+            &self.cluster,
+            &action,
+            self.options.call_timeout,
+            self.client.request_text(request),
+        )
+        .await
         {
             Ok(secret) => Ok(Some(secret)),
             Err(Error::Kube {
@@ -408,5 +519,33 @@ impl IdentityResolver {
             }) if status.code == 404 => Ok(None),
             Err(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cached(is_final: bool) -> Cached {
+        Cached {
+            namespace: "ci-op-x".into(),
+            identities: Vec::new(),
+            is_final,
+            checked_at: tokio::time::Instant::now(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn provisional_answers_fall_due_after_the_interval_and_final_ones_never() {
+        let interval = Duration::from_secs(120);
+        let (provisional, last) = (cached(false), cached(true));
+        assert!(!provisional.is_due(interval));
+        tokio::time::advance(Duration::from_secs(119)).await;
+        assert!(!provisional.is_due(interval));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(provisional.is_due(interval));
+        assert!(cached(false).is_due(Duration::ZERO));
+        tokio::time::advance(Duration::from_secs(86_400)).await;
+        assert!(!last.is_due(interval));
     }
 }

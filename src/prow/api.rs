@@ -3,14 +3,23 @@
 //! instead of going through deck.
 //!
 //! Server-side filtering: the cloud rule is a label, so one list uses the
-//! selector `ci-operator.openshift.io/cloud=<cloud>`. The cluster-prefix rule
-//! (jobs *without* that label whose `spec.cluster` starts with a prefix)
-//! cannot be expressed as a label or field selector (ProwJob's CRD supports no
-//! field selectors and `spec.cluster` is not a label), so a second list asks
-//! for the jobs without the label (`!ci-operator.openshift.io/cloud`, the
-//! Kubernetes "does not exist" selector) and the prefix and `pending` state
-//! are checked here with the same code as the deck path
-//! ([`ProwJob::select`]). Both lists page with `limit`/`continue`.
+//! selector `ci-operator.openshift.io/cloud=<cloud>`; the `pending` state is
+//! checked here with the same code as the deck path ([`ProwJob::select`]).
+//!
+//! The cluster-prefix rule (jobs *without* that label whose `spec.cluster`
+//! starts with a prefix) cannot be expressed as a label or field selector
+//! (ProwJob's CRD supports no field selectors and `spec.cluster` is not a
+//! label). Matching it takes a second list of every job without the label
+//! (`!ci-operator.openshift.io/cloud`, the Kubernetes "does not exist"
+//! selector), which on OpenShift CI is nearly the whole `ci` namespace as
+//! full objects, every cycle. So on this path it is opt-in:
+//! [`ProwJobApiSource::with_unlabelled`]`(true)` and a non-empty
+//! `cluster_prefix`. By default only labelled jobs are found here (deck
+//! applies both rules, as it gets every job anyway).
+//!
+//! Both lists page with `limit`/`continue`. Pages are fetched as text and
+//! deserialized here ([`crate::kube_client::decode_response`]), so a page
+//! that does not decode is reported by position, never logged whole.
 //! API conventions: <https://kubernetes.io/docs/reference/using-api/api-concepts/>.
 
 use std::time::Duration;
@@ -21,6 +30,7 @@ use serde::Deserialize;
 use super::job::{CLOUD_LABEL, ProwJob};
 use super::{JobSelector, RunningJob};
 use crate::error::Error;
+use crate::kube_client::decode_response;
 
 /// Page size of ProwJob lists: keeps one response to a few MB.
 const PAGE_SIZE: u32 = 500;
@@ -35,6 +45,7 @@ pub struct ProwJobApiSource {
     namespace: String,
     selector: JobSelector,
     timeout: Duration,
+    include_unlabelled: bool,
 }
 
 impl std::fmt::Debug for ProwJobApiSource {
@@ -43,6 +54,7 @@ impl std::fmt::Debug for ProwJobApiSource {
             .field("namespace", &self.namespace)
             .field("selector", &self.selector)
             .field("timeout", &self.timeout)
+            .field("include_unlabelled", &self.include_unlabelled)
             .finish_non_exhaustive()
     }
 }
@@ -64,7 +76,8 @@ struct ListMeta {
 
 impl ProwJobApiSource {
     /// `namespace` is where Prow keeps ProwJobs (`ci` on OpenShift CI);
-    /// `timeout` bounds each API call.
+    /// `timeout` bounds each API call. Lists labelled jobs only until
+    /// [`with_unlabelled`](Self::with_unlabelled) says otherwise.
     pub fn new(
         client: kube::Client,
         namespace: String,
@@ -76,20 +89,34 @@ impl ProwJobApiSource {
             namespace,
             selector,
             timeout,
+            include_unlabelled: false,
         }
+    }
+
+    /// Also match jobs without the cloud label by `spec.cluster` prefix
+    /// (when the selector's `cluster_prefix` is not empty). Costs a list of
+    /// every unlabelled ProwJob per call; see the module docs.
+    pub fn with_unlabelled(mut self, include: bool) -> Self {
+        self.include_unlabelled = include;
+        self
+    }
+
+    /// Whether unlabelled jobs are listed (see [`with_unlabelled`](Self::with_unlabelled)).
+    pub fn includes_unlabelled(&self) -> bool {
+        self.include_unlabelled && !self.selector.cluster_prefix.is_empty()
     }
 
     pub fn namespace(&self) -> &str {
         &self.namespace
     }
 
-    /// Jobs with the cloud label, then jobs without it matched by cluster
-    /// prefix; sorted by id.
+    /// Jobs with the cloud label, then (opted in) jobs without it matched by
+    /// cluster prefix; sorted by id.
     pub async fn list_running_jobs(&self) -> Result<Vec<RunningJob>, Error> {
         let mut jobs = Vec::new();
         let labelled = format!("{CLOUD_LABEL}={}", self.selector.cloud);
         self.list_into(&labelled, &mut jobs).await?;
-        if !self.selector.cluster_prefix.is_empty() {
+        if self.includes_unlabelled() {
             self.list_into(&format!("!{CLOUD_LABEL}"), &mut jobs)
                 .await?;
         }
@@ -124,19 +151,13 @@ impl ProwJobApiSource {
                     source: kube::Error::BuildRequest(e),
                 })?;
             tracing::debug!(namespace = %self.namespace, selector = label_selector, "Listing ProwJobs");
-            let page: ProwJobList =
-                tokio::time::timeout(self.timeout, self.client.request(request))
-                    .await
-                    .map_err(|_| Error::KubeTimeout {
-                        cluster: CLUSTER.into(),
-                        action: action.clone(),
-                        timeout: self.timeout,
-                    })?
-                    .map_err(|source| Error::Kube {
-                        cluster: CLUSTER.into(),
-                        action: action.clone(),
-                        source,
-                    })?;
+            let page: ProwJobList = decode_response(
+                CLUSTER,
+                &action,
+                self.timeout,
+                self.client.request_text(request),
+            )
+            .await?;
             jobs.extend(
                 page.items
                     .into_iter()

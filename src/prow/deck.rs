@@ -90,7 +90,7 @@ impl DeckSource {
             let body = response.text().await.unwrap_or_default();
             return Err(Error::DeckHttp {
                 url,
-                message: format!("HTTP {}: {}", status.as_u16(), truncate_body(&body, 512)),
+                message: format!("HTTP {}: {}", status.as_u16(), truncate_body(&body, 1024)),
             });
         }
         let stream = response.bytes_stream().map_err(std::io::Error::other);

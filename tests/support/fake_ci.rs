@@ -920,6 +920,24 @@ pub fn secret(namespace: &str, name: &str, files: &[(&str, &str)]) -> Secret {
     }
 }
 
+/// The JSON body of a Secret whose `data` values are given as stored, i.e.
+/// already base64, or deliberately not (for [`Fault::raw`] on
+/// [`Route::Secret`]: a typed [`Secret`] can only hold valid base64).
+pub fn secret_body_raw(namespace: &str, name: &str, data: &[(&str, &str)]) -> String {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), Value::String((*v).to_string())))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
+        "type": "Opaque",
+        "data": data,
+    })
+    .to_string()
+}
+
 /// openshift-install's `metadata.json` for a single-vCenter vSphere cluster
 /// (with a password, as the real file has).
 pub fn metadata_json(vcenter: &str, username: &str) -> String {
