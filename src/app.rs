@@ -60,16 +60,20 @@ pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>)
         ProwSourceConfig::Api {
             kubeconfig,
             namespace,
+            list_unlabelled,
         } => {
             let client = kube_client(Some(kubeconfig), "prow")
                 .await
                 .map_err(|e| Error::Config(format!("--prow-kubeconfig (PROW_KUBECONFIG): {e}")))?;
-            ProwSource::Api(ProwJobApiSource::new(
-                client,
-                namespace.clone(),
-                config.selector.clone(),
-                config.prow_timeout,
-            ))
+            ProwSource::Api(
+                ProwJobApiSource::new(
+                    client,
+                    namespace.clone(),
+                    config.selector.clone(),
+                    config.prow_timeout,
+                )
+                .with_unlabelled(*list_unlabelled),
+            )
         }
     };
 

@@ -44,6 +44,8 @@ pub enum ProwSourceConfig {
     Api {
         kubeconfig: PathBuf,
         namespace: String,
+        /// Also list ProwJobs without the cloud label (cluster-prefix rule).
+        list_unlabelled: bool,
     },
 }
 
@@ -142,6 +144,11 @@ pub struct FileProw {
     pub cloud: Option<String>,
     /// `spec.cluster` prefix for jobs without that label [default: vsphere].
     pub cluster_prefix: Option<String>,
+    /// With `kubeconfig`: also list ProwJobs without the cloud label, for the
+    /// `cluster_prefix` rule. Off by default, since that lists nearly every
+    /// ProwJob of the namespace each cycle (deck always applies both rules).
+    #[serde(default)]
+    pub list_unlabelled: bool,
     /// Deadline of one job listing, e.g. `60s`.
     pub timeout: Option<String>,
 }
@@ -298,6 +305,7 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
                 .namespace
                 .clone()
                 .unwrap_or_else(|| "ci".to_string()),
+            list_unlabelled: file.prow.list_unlabelled,
         },
         None => {
             let raw = flags
@@ -591,9 +599,10 @@ pub fn parse_host_or_url(raw: &str, default_scheme: &str) -> Result<Url, String>
     Ok(url)
 }
 
-/// The `vcenter` label: the URL's host in lower case, without port.
+/// The `vcenter` label: the URL's host as CI files' servers are normalised
+/// (lower case, no port, no trailing dot), so the two always compare equal.
 pub fn host_label(url: &Url) -> String {
-    url.host_str().unwrap_or_default().to_ascii_lowercase()
+    crate::ci::profile::normalize_host(url.as_str())
 }
 
 #[cfg(test)]
@@ -806,7 +815,8 @@ mod tests {
             config.prow,
             ProwSourceConfig::Api {
                 kubeconfig: "prow-kc".into(),
-                namespace: "ci".into()
+                namespace: "ci".into(),
+                list_unlabelled: false,
             }
         );
     }

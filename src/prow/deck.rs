@@ -75,7 +75,8 @@ impl DeckSource {
             message: if e.is_timeout() {
                 format!("timed out after {:?}", self.timeout)
             } else {
-                error_chain(&e)
+                // The URL is in the error already; its text would repeat it.
+                crate::error::error_chain(&e.without_url())
             },
         };
         let response = self
@@ -125,28 +126,12 @@ impl DeckSource {
 }
 
 fn io_message(e: &serde_json::Error, timeout: Duration) -> String {
-    let text = error_chain(e);
+    let text = crate::error::error_chain(e);
     if text.contains("timed out") || text.contains("operation timed out") {
         format!("timed out after {timeout:?}")
     } else {
         text
     }
-}
-
-/// An error and its sources on one line (reqwest hides the useful part in
-/// the source chain).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
-    text
 }
 
 /// Parse a deck body `{"items":[...]}` from `reader`, keeping only the jobs
