@@ -1178,3 +1178,148 @@ async fn a_vcenter_out_of_sessions_or_sending_broken_xml_is_down_and_the_process
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_vcenters_and_two_build_clusters_are_correlated_each_on_its_own() {
+    // vCenter "127.0.0.1" and vCenter "localhost": two vcsims, one host each.
+    let vc_a = Vcsim::start(&["-session", "ci-user-1@vsphere.local,openshift-install,2"]);
+    let vc_b = Vcsim::start(&[
+        "-session",
+        "ci-user-1@vsphere.local,csi-driver,1",
+        "-session",
+        "ci-user-4@vsphere.local,govc,3",
+    ]);
+    let url_a = vc_a.url().as_str().trim_end_matches('/').to_string();
+    let url_b = url_a.replace("127.0.0.1", "localhost").replace(
+        &vc_a.url().port().unwrap().to_string(),
+        &vc_b.url().port().unwrap().to_string(),
+    );
+
+    // Job X runs on build cluster vsphere02 (its own API, `ci_b`) and logs
+    // in to both vCenters as ci-user-1; job Y runs on the default build
+    // cluster (`ci_a`, which also serves deck) as ci-user-4 on localhost.
+    // `ci_a` has no namespace for X, so X resolves only if it is routed to
+    // vsphere02.
+    let x = r#"{"name": "pj-x", "build_id": "2001", "job": "e2e-vsphere-multi-vcenter", "cluster": "vsphere02",
+                "target": "e2e-vsphere-multi"%NS%}"#;
+    let x_ns = r#", "ci_namespace": "ci-op-xxxxxxxx", "secret": {"metadata.json": {"vsphere": {"VCenters": [
+                {"vCenter": "127.0.0.1", "username": "ci-user-1@vsphere.local", "password": "never-log-me"},
+                {"vCenter": "LOCALHOST", "username": "ci-user-1@vsphere.local", "password": "never-log-me"}]}}}"#;
+    let y = r#"{"name": "pj-y", "build_id": "2002", "job": "e2e-vsphere-upi", "cluster": "vsphere-build05",
+                "target": "e2e-vsphere-upi", "ci_namespace": "ci-op-yyyyyyyy",
+                "secret": {"vsphere_context.sh": "export GOVC_URL=https://localhost/sdk\nexport GOVC_USERNAME=ci-user-4@vsphere.local\n"}}"#;
+    let ci_a = FakeCi::start().await;
+    ci_a.set_scenario(
+        CompactScenario::parse(&format!(r#"{{"jobs": [{}, {y}]}}"#, x.replace("%NS%", "")))
+            .unwrap()
+            .into_scenario(),
+    );
+    let ci_b = FakeCi::start().await;
+    ci_b.set_scenario(
+        CompactScenario::parse(&format!(r#"{{"jobs": [{}]}}"#, x.replace("%NS%", x_ns)))
+            .unwrap()
+            .into_scenario(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let kc_a = dir.path().join("kc-a");
+    ci_a.write_kubeconfig(&kc_a).unwrap();
+    let kc_b = dir.path().join("kc-b");
+    ci_b.write_kubeconfig(&kc_b).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "vcenters:\n  - url: {url_a}\n    username: {REPORTER_USER}\n    password: pw\n  - url: {url_b}\n    username: {REPORTER_USER}\n    password: pw\n\
+             prow:\n  url: {}\nkubeconfig: {}\nbuild_clusters:\n  - name: vsphere02\n    kubeconfig: {}\n",
+            ci_a.url(),
+            kc_a.display(),
+            kc_b.display()
+        ),
+    )
+    .unwrap();
+    let port = receivers::free_port();
+    let args = strings(&[
+        "start",
+        "--config",
+        &config.display().to_string(),
+        "--listen-port",
+        &port.to_string(),
+        "--interval",
+        "1s",
+    ]);
+    let mut reporter = Reporter::spawn(&args, dir.path());
+    let text = scrape_until(
+        &reporter,
+        port,
+        Duration::from_secs(60),
+        "both jobs resolved",
+        |t| {
+            value_of(t, "vsphere_ci_user_sessions_running_jobs") == Some(2.0)
+                && value_of(t, "vsphere_ci_user_sessions_unresolved_jobs") == Some(0.0)
+        },
+    )
+    .await;
+    let line = |build: &str, job: &str, agent: &str, user: &str, vc: &str, n: u32| {
+        format!(
+            "vsphere_ci_user_sessions_correlated{{build_id=\"{build}\",ci_job=\"{job}\",pull_request=\"\",user_agent=\"{agent}\",username=\"{user}\",vcenter=\"{vc}\"}} {n}"
+        )
+    };
+    let mut expected = vec![
+        line(
+            "2001",
+            "e2e-vsphere-multi-vcenter",
+            "openshift-install",
+            "ci-user-1",
+            "127.0.0.1",
+            2,
+        ),
+        line(
+            "2001",
+            "e2e-vsphere-multi-vcenter",
+            "csi-driver",
+            "ci-user-1",
+            "localhost",
+            1,
+        ),
+        line(
+            "2002",
+            "e2e-vsphere-upi",
+            "govc",
+            "ci-user-4",
+            "localhost",
+            3,
+        ),
+    ];
+    expected.sort();
+    assert_eq!(correlated_lines(&text), expected, "{text}");
+    for vc in ["127.0.0.1", "localhost"] {
+        assert_eq!(
+            value_of(
+                &text,
+                &format!("vsphere_ci_user_sessions_vcenter_up{{vcenter=\"{vc}\"}}")
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value_of(
+                &text,
+                &format!("vsphere_ci_user_sessions_reporter_logins_total{{vcenter=\"{vc}\"}}")
+            ),
+            Some(1.0)
+        );
+    }
+    // X's secret was read on vsphere02 only.
+    assert_eq!(
+        ci_a.count(Route::Secret),
+        1,
+        "only Y's secret is on the default cluster"
+    );
+    assert!(ci_b.count(Route::Secret) >= 1);
+    reporter.terminate();
+    assert!(reporter.wait_exit(Duration::from_secs(30)).success());
+    for vcsim in [&vc_a, &vc_b] {
+        let admin = vcsim.admin().await;
+        assert!(admin.sessions_with_agent(REPORTER_AGENT).await.is_empty());
+        admin.logout().await;
+    }
+}
