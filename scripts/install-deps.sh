@@ -5,6 +5,9 @@
 # curl (the demo). Also the rustfmt and clippy components.
 set -euo pipefail
 
+sudo_cmd=()
+[ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+
 # Each entry: a package and a file that proves it is installed.
 packages=(
   "golang-go:/usr/bin/go"
@@ -16,6 +19,8 @@ packages=(
   "openssl:/usr/bin/openssl"
   "ca-certificates:/etc/ssl/certs/ca-certificates.crt"
   "curl:/usr/bin/curl"
+  "python3:/usr/bin/python3"
+  "procps:/bin/kill"
 )
 missing=()
 for entry in "${packages[@]}"; do
@@ -25,15 +30,18 @@ for entry in "${packages[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "Installing Debian packages: ${missing[*]}"
-  sudo_cmd=()
-  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
   "${sudo_cmd[@]}" apt-get update -q
   # shellcheck disable=SC2046
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends \
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     $(printf '%s\n' "${missing[@]}" | sort -u)
 fi
 
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   echo "Adding rustfmt and clippy"
-  rustup component add rustfmt clippy
+  if command -v rustup >/dev/null 2>&1; then
+    rustup component add rustfmt clippy
+  else
+    # A Debian-packaged toolchain has no rustup.
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q rustfmt rust-clippy
+  fi
 fi

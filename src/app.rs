@@ -136,8 +136,9 @@ pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>)
         vcenter_timeout,
         prow,
         prow_timeout: config.prow_timeout,
-        // Three rounds of calls: namespace, log or secret, with room to spare.
-        ci_timeout: config.kube_timeout * 3,
+        // The longest chain of calls for one job: namespace list, pod list,
+        // log, secret.
+        ci_timeout: config.kube_timeout * 4,
         resolvers: Resolvers {
             default,
             by_cluster,
@@ -154,7 +155,12 @@ pub async fn run(
     mode: Mode,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<i32, Error> {
-    let (cycle, latest) = build_cycle(&config).await?;
+    // Whatever fails here (an unreadable CA or key file, a bad kubeconfig)
+    // is a bad setting: exit 2, like a bad flag.
+    let (cycle, latest) = build_cycle(&config).await.map_err(|e| match e {
+        Error::Config(_) => e,
+        other => Error::Config(other.to_string()),
+    })?;
     let cycle = Arc::new(cycle);
     match mode {
         Mode::Once => {

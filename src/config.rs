@@ -366,9 +366,12 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             None => duration_or(&file.interval, DEFAULT_INTERVAL, &at("interval"))?,
         };
         if interval.is_zero() {
-            return Err(Error::Config(
-                "--interval (INTERVAL) must be greater than 0".into(),
-            ));
+            let source = if flags.interval.is_some() {
+                "--interval (INTERVAL)".to_string()
+            } else {
+                at("interval")
+            };
+            return Err(Error::Config(format!("{source} must be greater than 0")));
         }
         Schedule::Interval(interval)
     };
@@ -393,12 +396,20 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             continue;
         }
         let entry: RemoteWriteConfig = serde_json::from_value(serde_json::json!({ "url": url }))
-            .map_err(|e| Error::Config(format!("--remote-write (REMOTE_WRITE) {url:?}: {e}")))?;
+            .map_err(|e| {
+                Error::Config(format!(
+                    "--remote-write (REMOTE_WRITE) {}: {e}",
+                    crate::sink::remote_write::config::redact_url(url)
+                ))
+            })?;
         remote_write.push(entry);
     }
     for (i, rw) in remote_write.iter().enumerate() {
-        rw.validate()
-            .map_err(|e| Error::Config(format!("remote_write[{i}] ({}): {e}", rw.url)))?;
+        rw.validate().map_err(|e| {
+            // The URL may carry credentials (that is one of the errors).
+            let url = crate::sink::remote_write::config::redact_url(&rw.url);
+            Error::Config(format!("remote_write[{i}] ({url}): {e}"))
+        })?;
     }
 
     let pushgateway = pushgateway_config(flags, file.pushgateway, origin)?;

@@ -26,6 +26,11 @@ use crate::vcenter::VcenterClient;
 /// Kubernetes gives a pod between SIGTERM and SIGKILL.
 pub const SINK_SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
 
+/// Time the vCenter logouts get on shutdown (beside the sinks). A logout
+/// waits for a login in flight first, so this is what keeps a stuck vCenter
+/// from holding the process past Kubernetes' grace period.
+pub const LOGOUT_BUDGET: Duration = Duration::from_secs(10);
+
 /// The CI-user resolvers of the build clusters.
 pub struct Resolvers {
     /// For jobs whose `spec.cluster` has no resolver of its own.
@@ -35,10 +40,8 @@ pub struct Resolvers {
 }
 
 impl Resolvers {
-    /// Resolve every job on its build cluster, all clusters at once. Every
-    /// resolver is called, even with no jobs, so it drops the cache entries
-    /// of jobs that ended.
-    async fn resolve(&self, jobs: &[RunningJob]) -> Vec<JobUsers> {
+    /// Every resolver with the jobs of its build cluster (possibly none).
+    fn route(&self, jobs: &[RunningJob]) -> Vec<(&IdentityResolver, Vec<RunningJob>)> {
         let mut default_jobs = Vec::new();
         let mut cluster_jobs: HashMap<&str, Vec<RunningJob>> = HashMap::new();
         for job in jobs {
@@ -47,16 +50,46 @@ impl Resolvers {
                 None => default_jobs.push(job.clone()),
             }
         }
-        let empty = Vec::new();
-        let mut calls = vec![self.default.resolve(&default_jobs)];
+        let mut routes = vec![(self.default.as_ref(), default_jobs)];
         for (name, resolver) in &self.by_cluster {
-            let jobs = cluster_jobs.get(name.as_str()).unwrap_or(&empty);
-            calls.push(resolver.resolve(jobs));
+            let jobs = cluster_jobs.remove(name.as_str()).unwrap_or_default();
+            routes.push((resolver.as_ref(), jobs));
         }
-        let mut all: Vec<JobUsers> = join_all(calls).await.into_iter().flatten().collect();
-        all.sort_by(|a, b| a.job.cmp(&b.job));
-        all
+        routes
     }
+
+    /// Resolve every job on its build cluster, all clusters at once. Every
+    /// resolver is called, even with no jobs, so it drops the cache entries
+    /// of jobs that ended.
+    async fn resolve(&self, jobs: &[RunningJob]) -> Vec<JobUsers> {
+        let routes = self.route(jobs);
+        let calls = routes.iter().map(|(resolver, jobs)| resolver.resolve(jobs));
+        sorted(join_all(calls).await.into_iter().flatten().collect())
+    }
+
+    /// What the caches know of every job, without API calls.
+    fn cached(&self, jobs: &[RunningJob]) -> Vec<JobUsers> {
+        let routes = self.route(jobs);
+        sorted(
+            routes
+                .iter()
+                .flat_map(|(resolver, jobs)| resolver.cached(jobs))
+                .collect(),
+        )
+    }
+
+    /// Failed lookups since start, over all build clusters.
+    fn failures(&self) -> u64 {
+        std::iter::once(&self.default)
+            .chain(self.by_cluster.values())
+            .map(|r| r.stats().failures)
+            .sum()
+    }
+}
+
+fn sorted(mut job_users: Vec<JobUsers>) -> Vec<JobUsers> {
+    job_users.sort_by(|a, b| a.job.cmp(&b.job));
+    job_users
 }
 
 /// What a cycle needs to gather.
@@ -207,35 +240,39 @@ impl Cycle {
         // down the resolvers are not called, so their caches survive the
         // outage instead of being emptied by an empty job list.
         let t0 = Instant::now();
-        let job_users = if !prow_up {
-            Vec::new()
+        let resolvers = &self.sources.resolvers;
+        let failures_before = resolvers.failures();
+        let (job_users, ci_ok) = if !prow_up {
+            (Vec::new(), true)
         } else {
-            match tokio::time::timeout(
-                self.sources.ci_timeout,
-                self.sources.resolvers.resolve(&jobs),
-            )
-            .await
-            {
-                Ok(job_users) => job_users,
+            match tokio::time::timeout(self.sources.ci_timeout, resolvers.resolve(&jobs)).await {
+                Ok(job_users) => {
+                    // A job whose secret is not written yet is normal; a
+                    // lookup the build cluster refused or dropped is not.
+                    let failed = resolvers.failures() - failures_before;
+                    if failed > 0 {
+                        failures.push(format!(
+                            "build cluster: {failed} CI-user lookups failed (see the warnings above)"
+                        ));
+                    }
+                    (job_users, failed == 0)
+                }
                 Err(_) => {
                     // Each call has its own deadline; this bounds a cycle
-                    // with many new jobs. They are tried again next cycle.
+                    // with many new jobs. What the caches hold still counts,
+                    // and what was found meanwhile is cached for next time.
                     warn!(timeout = ?self.sources.ci_timeout, jobs = jobs.len(), "Resolving CI users ran out of time");
-                    jobs.iter()
-                        .map(|job| JobUsers {
-                            job: job.clone(),
-                            identities: Vec::new(),
-                        })
-                        .collect()
+                    failures.push(format!(
+                        "build cluster: resolving CI users timed out after {:?}",
+                        self.sources.ci_timeout
+                    ));
+                    (resolvers.cached(&jobs), false)
                 }
             }
         };
         collector_duration.push([("collector", "ci")], t0.elapsed().as_secs_f64());
         let unresolved = job_users.iter().filter(|j| j.identities.is_empty()).count();
-        collector_success.push(
-            [("collector", "ci")],
-            if unresolved == 0 { 1.0 } else { 0.0 },
-        );
+        collector_success.push([("collector", "ci")], if ci_ok { 1.0 } else { 0.0 });
 
         let input = CycleInput {
             vcenters,
@@ -342,12 +379,17 @@ impl Cycle {
             }))
             .await
         };
-        let logouts = join_all(
-            self.sources
-                .vcenters
-                .iter()
-                .map(|client| async move { (client.host().to_string(), client.logout().await) }),
-        );
+        let logouts = join_all(self.sources.vcenters.iter().map(|client| async move {
+            let result = tokio::time::timeout(LOGOUT_BUDGET, client.logout())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::Error::Timeout {
+                        what: format!("logging out of vCenter {}", client.host()),
+                        timeout: LOGOUT_BUDGET,
+                    })
+                });
+            (client.host().to_string(), result)
+        }));
         let (sink_results, logout_results) = tokio::join!(sinks, logouts);
 
         let mut failures = Vec::new();

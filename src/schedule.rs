@@ -32,7 +32,7 @@ use tracing::{error, info, warn};
 use crate::error::Error;
 
 /// The flag every schedule error names, so the operator knows what to fix.
-const FLAG: &str = "--schedule";
+const FLAG: &str = "--schedule (SCHEDULE)";
 
 /// How often cycles run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -439,7 +439,7 @@ mod tests {
     #[test]
     fn invalid_cron_expressions_name_the_flag_and_the_problem() {
         let cases = [
-            ("", "--schedule: the cron expression is empty"),
+            ("", "--schedule (SCHEDULE): the cron expression is empty"),
             ("* * * *", "has 4 fields; expected 5"),
             ("0 0 * * * * * *", "has 8 fields; expected 5"),
             ("61 * * * *", "is invalid in its minute field \"61\""),
@@ -458,7 +458,10 @@ mod tests {
                 Err(Error::Config(message)) => message,
                 other => panic!("{expr:?}: expected a config error, got {other:?}"),
             };
-            assert!(message.starts_with("--schedule: "), "{expr:?}: {message}");
+            assert!(
+                message.starts_with("--schedule (SCHEDULE): "),
+                "{expr:?}: {message}"
+            );
             assert!(message.contains(expected), "{expr:?}: {message}");
             if !expr.is_empty() {
                 assert!(
@@ -489,7 +492,7 @@ mod tests {
         );
         let zero = Schedule::parse("0s").unwrap_err().to_string();
         assert!(
-            zero.starts_with("--schedule:") && zero.contains("more than 0"),
+            zero.starts_with("--schedule (SCHEDULE):") && zero.contains("more than 0"),
             "{zero}"
         );
     }
@@ -639,7 +642,10 @@ mod tests {
         )
         .await
         .unwrap_err();
-        assert!(err.to_string().starts_with("--schedule:"), "{err}");
+        assert!(
+            err.to_string().starts_with("--schedule (SCHEDULE):"),
+            "{err}"
+        );
     }
 
     /// Real time (tokio-cron-scheduler reads the wall clock): a cron firing

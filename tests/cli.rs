@@ -227,11 +227,15 @@ impl Reporter {
     }
 
     fn terminate(&mut self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success(), "kill -TERM failed");
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pids fit in pid_t");
+        // SAFETY: kill(2) with a pid of our own child and a valid signal.
+        let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+        assert_eq!(
+            rc,
+            0,
+            "kill(SIGTERM) failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     fn wait_exit(&mut self, bound: Duration) -> ExitStatus {
@@ -500,6 +504,20 @@ fn a_bad_setting_fails_at_start_with_one_line_naming_the_flag() {
                 "/nonexistent/kc",
             ],
             "error: --kubeconfig (KUBECONFIG): ",
+        ),
+        (
+            &[
+                "once",
+                "--vsphere",
+                "vc",
+                "--vsphere-user",
+                "u",
+                "--vsphere-passwd",
+                "pw",
+                "--remote-write",
+                "http://u:tops3cret@127.0.0.1:1/api/v1/write",
+            ],
+            "error: remote_write[0] (",
         ),
         (
             &[
@@ -782,12 +800,13 @@ async fn the_original_example_command_line_runs_unchanged() {
     // From the original README: `--kubeconfig mykc --vsphere vc.example.com
     // --vsphere-user administrator@vsphere.local --vsphere-passwd tops3cret`,
     // run in a directory holding `mykc`. vc.example.com is not reachable
-    // here, so the vCenter is reported down while /metrics serves on 8090.
+    // here, so the vCenter is reported down while /metrics serves (on a free port here, given by LISTEN_PORT).
     let ci = FakeCi::start().await;
     ci.set_scenario(scenario(true).into_scenario());
     let dir = tempfile::tempdir().unwrap();
     ci.write_kubeconfig(&dir.path().join("mykc")).unwrap();
     let log = dir.path().join("reporter.log");
+    let port = receivers::free_port();
     let child = Command::new(BIN)
         .current_dir(dir.path())
         .args([
@@ -802,16 +821,18 @@ async fn the_original_example_command_line_runs_unchanged() {
             "tops3cret",
         ])
         .env_clear()
-        // Prow's public deck is not reachable here; the environment (not
-        // the command line) points at the fake one.
+        // Prow's public deck is not reachable here, and 8090 may be taken on
+        // a shared machine: the environment (not the command line) points at
+        // the fake deck and a free port.
         .env("PROW", ci.url())
+        .env("LISTEN_PORT", port.to_string())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut reporter = Reporter { child, log };
     let text = scrape_until(
         &reporter,
-        8090,
+        port,
         Duration::from_secs(90),
         "vcenter down",
         |t| {

@@ -742,7 +742,8 @@ async fn silent_gateway_fails_within_timeout_times_attempts() {
     assert_eq!(status, None);
     assert!(message.contains("timed out after 300ms"), "{message}");
     assert!(
-        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_millis(900 + 300),
+        // About 850 ms expected; the upper margin is for a loaded machine.
+        elapsed >= Duration::from_millis(300) && elapsed < Duration::from_secs(3),
         "{elapsed:?}"
     );
 }

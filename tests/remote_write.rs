@@ -705,7 +705,9 @@ async fn a_retry_after_beyond_the_timeout_keeps_the_cycle_buffered_without_waiti
         .await
         .expect_err("not delivered now");
     assert!(err.is_retriable());
-    assert!(started.elapsed() < Duration::from_secs(1));
+    // It gives up at once instead of waiting 600 s; the margin is for a
+    // loaded CI machine.
+    assert!(started.elapsed() < Duration::from_secs(5));
     assert_eq!(self_metric(&sink, BUFFERED_SAMPLES, &[]), 2.0);
 }
 
@@ -723,7 +725,7 @@ async fn a_slow_receiver_times_out_and_publish_stays_within_its_bound() {
         .expect_err("no answer in time");
     assert!(err.is_retriable(), "{err:?}");
     assert!(
-        started.elapsed() <= sink.publish_timeout() + Duration::from_millis(200),
+        started.elapsed() <= sink.publish_timeout() + Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
@@ -746,7 +748,7 @@ async fn a_refused_connection_is_bounded_and_the_cycle_stays_buffered() {
         matches!(err, Error::RemoteWrite { status: None, .. }),
         "{err:?}"
     );
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() <= sink.publish_timeout() + Duration::from_secs(2));
     assert_eq!(self_metric(&sink, BUFFERED_SAMPLES, &[]), 2.0);
 }
 
@@ -1152,12 +1154,17 @@ async fn a_slow_target_never_delays_another() {
         let r = healthy.publish(snapshot(ts, &[("ci-a", 1.0)])).await;
         (r, started.elapsed())
     };
-    let ((healthy_result, healthy_took), slow_result) =
-        tokio::join!(healthy_done, slow.publish(snapshot(ts, &[("ci-a", 1.0)])));
+    let slow_done = async {
+        let r = slow.publish(snapshot(ts, &[("ci-a", 1.0)])).await;
+        (r, started.elapsed())
+    };
+    let ((healthy_result, healthy_took), (slow_result, slow_took)) =
+        tokio::join!(healthy_done, slow_done);
     healthy_result.expect("the healthy target got its cycle");
     assert!(slow_result.is_err());
+    // The healthy target is done long before the slow one gives up.
     assert!(
-        healthy_took < Duration::from_millis(500),
-        "{healthy_took:?}"
+        healthy_took < slow_took && slow_took >= Duration::from_millis(800),
+        "healthy {healthy_took:?}, slow {slow_took:?}"
     );
 }

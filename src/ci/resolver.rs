@@ -284,37 +284,65 @@ impl IdentityResolver {
             }
         }
         let concurrency = self.options.concurrency.max(1);
-        let resolved: Vec<(String, Option<Cached>, Option<Cached>)> = futures::stream::iter(todo)
+        // Each answer goes into the cache as soon as it is found, so a cycle
+        // cut short by its deadline keeps what it learnt.
+        let resolved: Vec<(String, Option<Vec<CiIdentity>>)> = futures::stream::iter(todo)
             .map(|(job, previous)| async move {
                 let found = self.resolve_job(&job, previous.as_ref()).await;
-                (job.id, previous, found)
+                let identities = self.remember(&job.id, previous, found);
+                (job.id, identities)
             })
             .buffer_unordered(concurrency)
             .collect()
             .await;
-        {
-            let mut cache = self
-                .cache
-                .lock()
-                .expect("resolver cache lock is never poisoned");
-            for (id, previous, found) in resolved {
-                // Nothing new: a provisional answer stands until a better
-                // one, and is checked again after another interval.
-                let previous = previous.map(|p| Cached {
-                    checked_at: tokio::time::Instant::now(),
-                    ..p
-                });
-                let Some(entry) = found.or(previous) else {
-                    continue;
-                };
-                known.insert(id.clone(), entry.identities.clone());
-                cache.insert(id, entry);
+        for (id, identities) in resolved {
+            if let Some(identities) = identities {
+                known.insert(id, identities);
             }
         }
         jobs.iter()
             .map(|job| JobUsers {
                 job: job.clone(),
                 identities: known.get(&job.id).cloned().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Store what a lookup found (or keep the previous provisional answer,
+    /// checked again after another interval) and return the job's users.
+    fn remember(
+        &self,
+        id: &str,
+        previous: Option<Cached>,
+        found: Option<Cached>,
+    ) -> Option<Vec<CiIdentity>> {
+        let previous = previous.map(|p| Cached {
+            checked_at: tokio::time::Instant::now(),
+            ..p
+        });
+        let entry = found.or(previous)?;
+        let identities = entry.identities.clone();
+        self.cache
+            .lock()
+            .expect("resolver cache lock is never poisoned")
+            .insert(id.to_string(), entry);
+        Some(identities)
+    }
+
+    /// The users the cache holds for each job, without any API call: what a
+    /// cycle reports when resolving ran out of time.
+    pub fn cached(&self, jobs: &[RunningJob]) -> Vec<JobUsers> {
+        let cache = self
+            .cache
+            .lock()
+            .expect("resolver cache lock is never poisoned");
+        jobs.iter()
+            .map(|job| JobUsers {
+                job: job.clone(),
+                identities: cache
+                    .get(&job.id)
+                    .map(|entry| entry.identities.clone())
+                    .unwrap_or_default(),
             })
             .collect()
     }

@@ -159,7 +159,8 @@ fn default_timeout() -> Duration {
 
 fn deserialize_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
     let text = String::deserialize(deserializer)?;
-    Url::parse(&text).map_err(|e| serde::de::Error::custom(format!("invalid URL {text:?}: {e}")))
+    // The text is not echoed: a URL may carry credentials.
+    Url::parse(&text).map_err(|e| serde::de::Error::custom(format!("invalid URL: {e}")))
 }
 
 /// A duration as `crate::config::parse_duration` reads it; YAML gives a

@@ -610,10 +610,13 @@ impl Inner {
     /// the request: errors end up in logs.
     fn redact(&self, text: &str) -> String {
         let password = self.config.password.expose();
-        if password.is_empty() || !text.contains(password) {
+        if password.is_empty() {
             return text.to_string();
         }
+        // The request carried the password XML-escaped; an echo may too.
+        let escaped = quick_xml::escape::escape(password);
         text.replace(password, "<redacted>")
+            .replace(escaped.as_ref(), "<redacted>")
     }
 }
 
