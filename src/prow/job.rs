@@ -114,14 +114,22 @@ impl ProwJob {
         }
     }
 
-    /// The value of `--target=` in the first container's args, if any.
+    /// The value of `--target` in the first container's args, if any, in
+    /// every form Go's flag package (ci-operator's) accepts: `--target=x`,
+    /// `-target=x`, and the value as the next argument.
     pub fn target(&self) -> Option<&str> {
         let container = self.spec.pod_spec.as_ref()?.containers.as_ref()?.first()?;
-        container
-            .args
-            .as_ref()?
-            .iter()
-            .find_map(|arg| arg.strip_prefix("--target="))
+        let args = container.args.as_ref()?;
+        args.iter()
+            .enumerate()
+            .find_map(|(i, arg)| {
+                let flag = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'))?;
+                match flag.strip_prefix("target") {
+                    Some("") => args.get(i + 1).map(String::as_str),
+                    Some(rest) => rest.strip_prefix('='),
+                    None => None,
+                }
+            })
             .filter(|t| !t.is_empty())
     }
 
@@ -311,6 +319,26 @@ mod tests {
             (
                 "empty --target",
                 |j| j["spec"]["pod_spec"]["containers"][0]["args"] = json!(["--target="]),
+                false,
+            ),
+            (
+                "--target as two arguments",
+                |j| j["spec"]["pod_spec"]["containers"][0]["args"] = json!(["--target", "e2e"]),
+                true,
+            ),
+            (
+                "-target= with one dash",
+                |j| j["spec"]["pod_spec"]["containers"][0]["args"] = json!(["-target=e2e"]),
+                true,
+            ),
+            (
+                "--target last, without a value",
+                |j| j["spec"]["pod_spec"]["containers"][0]["args"] = json!(["--target"]),
+                false,
+            ),
+            (
+                "--targets is another flag",
+                |j| j["spec"]["pod_spec"]["containers"][0]["args"] = json!(["--targets=e2e"]),
                 false,
             ),
             ("no name", |j| j["metadata"]["name"] = json!(null), false),
