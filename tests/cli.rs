@@ -184,6 +184,31 @@ impl World {
         ]
     }
 
+    /// `start` with this world's flags, a free `--listen-port`, a cycle
+    /// every second and `extra` flags.
+    fn start_reporter(&self, extra: &[&str]) -> (Reporter, u16) {
+        let port = receivers::free_port();
+        let mut args = vec!["start".to_string()];
+        args.extend(self.flags());
+        args.extend(strings(&[
+            "--listen-port",
+            &port.to_string(),
+            "--interval",
+            "1s",
+        ]));
+        args.extend(strings(extra));
+        (Reporter::spawn(&args, self.dir.path()), port)
+    }
+
+    /// `once` with this world's flags, no HTTP endpoint and `extra` flags.
+    fn once_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = vec!["once".to_string()];
+        args.extend(self.flags());
+        args.extend(strings(&["--listen-port", "0"]));
+        args.extend(strings(extra));
+        args
+    }
+
     /// How many sessions of the reporter's user agent an admin sees.
     async fn reporter_sessions(&self) -> usize {
         let admin = self.vcsim.admin().await;
@@ -550,16 +575,7 @@ fn a_bad_setting_fails_at_start_with_one_line_naming_the_flag() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_serves_exact_correlated_counts_and_holds_one_session_however_many_cycles() {
     let world = World::start().await;
-    let port = receivers::free_port();
-    let mut args = vec!["start".to_string()];
-    args.extend(world.flags());
-    args.extend(strings(&[
-        "--listen-port",
-        &port.to_string(),
-        "--interval",
-        "1s",
-    ]));
-    let mut reporter = Reporter::spawn(&args, world.dir.path());
+    let (mut reporter, port) = world.start_reporter(&[]);
 
     let text = scrape_until(&reporter, port, Duration::from_secs(60), "6 cycles", |t| {
         value_of(t, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap_or(0.0) >= 6.0
@@ -674,16 +690,7 @@ async fn start_serves_exact_correlated_counts_and_holds_one_session_however_many
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_session_terminated_from_outside_is_replaced_by_exactly_one() {
     let world = World::start().await;
-    let port = receivers::free_port();
-    let mut args = vec!["start".to_string()];
-    args.extend(world.flags());
-    args.extend(strings(&[
-        "--listen-port",
-        &port.to_string(),
-        "--interval",
-        "1s",
-    ]));
-    let reporter = Reporter::spawn(&args, world.dir.path());
+    let (reporter, port) = world.start_reporter(&[]);
     scrape_until(
         &reporter,
         port,
@@ -727,16 +734,7 @@ async fn a_session_terminated_from_outside_is_replaced_by_exactly_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_deck_input_sets_prow_up_to_zero_and_the_process_keeps_serving() {
     let world = World::start().await;
-    let port = receivers::free_port();
-    let mut args = vec!["start".to_string()];
-    args.extend(world.flags());
-    args.extend(strings(&[
-        "--listen-port",
-        &port.to_string(),
-        "--interval",
-        "1s",
-    ]));
-    let mut reporter = Reporter::spawn(&args, world.dir.path());
+    let (mut reporter, port) = world.start_reporter(&[]);
     scrape_until(&reporter, port, Duration::from_secs(60), "prow up", |t| {
         value_of(t, "vsphere_ci_user_sessions_prow_up") == Some(1.0)
     })
@@ -857,16 +855,12 @@ async fn once_pushes_the_exact_series_to_prometheus_and_the_pushgateway_and_exit
     let world = World::start().await;
     let prometheus = receivers::Peer::prometheus();
     let gateway = pushgateway::Pushgateway::start().await;
-    let mut args = vec!["once".to_string()];
-    args.extend(world.flags());
-    args.extend(strings(&[
-        "--listen-port",
-        "0",
+    let args = world.once_args(&[
         "--remote-write",
         &prometheus.write_url(),
         "--pushgateway",
         gateway.url.as_str(),
-    ]));
+    ]);
     let (status, log, _) = run_to_end(&args, world.dir.path(), Duration::from_secs(60));
     assert_eq!(status.code(), Some(0), "log:\n{log}");
 
@@ -939,14 +933,7 @@ async fn once_against_a_dead_receiver_exits_non_zero_in_bounded_time_naming_the_
         format!("remote_write:\n  - url: {dead}\n    remote_timeout: 2s\n"),
     )
     .unwrap();
-    let mut args = vec!["once".to_string()];
-    args.extend(world.flags());
-    args.extend(strings(&[
-        "--listen-port",
-        "0",
-        "--config",
-        &config.display().to_string(),
-    ]));
+    let args = world.once_args(&["--config", &config.display().to_string()]);
     let (status, log, took) = run_to_end(&args, world.dir.path(), Duration::from_secs(60));
     assert_eq!(status.code(), Some(1), "log:\n{log}");
     assert!(took < Duration::from_secs(20), "took {took:?}");
@@ -963,20 +950,12 @@ async fn an_ended_job_vanishes_at_once_and_sigterm_leaves_nothing_behind() {
     let world = World::start().await;
     let prometheus = receivers::Peer::prometheus();
     let gateway = pushgateway::Pushgateway::start().await;
-    let port = receivers::free_port();
-    let mut args = vec!["start".to_string()];
-    args.extend(world.flags());
-    args.extend(strings(&[
-        "--listen-port",
-        &port.to_string(),
-        "--interval",
-        "1s",
+    let (mut reporter, _port) = world.start_reporter(&[
         "--remote-write",
         &prometheus.write_url(),
         "--pushgateway",
         gateway.url.as_str(),
-    ]));
-    let mut reporter = Reporter::spawn(&args, world.dir.path());
+    ]);
     let job_c = format!(
         "vsphere_ci_user_sessions_correlated{{ci_job=\"{}\"}}",
         JOB_C.job
@@ -1070,9 +1049,7 @@ async fn sigterm_during_once_still_logs_out_and_exits_non_zero() {
     world
         .ci
         .set_fault(Route::Deck, fake_ci::Fault::delay(Duration::from_secs(20)));
-    let mut args = vec!["once".to_string()];
-    args.extend(world.flags());
-    args.extend(strings(&["--listen-port", "0"]));
+    let args = world.once_args(&[]);
     let mut reporter = Reporter::spawn(&args, world.dir.path());
     let deadline = Instant::now() + Duration::from_secs(30);
     while world.ci.count(Route::Deck) == 0 {
