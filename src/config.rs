@@ -576,6 +576,39 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text).map_err(|e| format!("not a duration ({e}); use e.g. 30s, 5m"))
 }
 
+/// Serde helper for duration fields of the sinks' blocks: a string as
+/// [`parse_duration`] reads it (`30s`, `1m30s`), or a whole number of
+/// seconds, which YAML hands over as an integer rather than a string.
+pub fn deserialize_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Duration, D::Error> {
+    struct DurationVisitor;
+
+    impl serde::de::Visitor<'_> for DurationVisitor {
+        type Value = Duration;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a duration such as 30s or 1m30s, or a number of seconds")
+        }
+
+        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
+            parse_duration(text).map_err(|e| E::custom(format!("invalid duration {text:?}: {e}")))
+        }
+
+        fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(secs))
+        }
+
+        fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Duration, E> {
+            u64::try_from(secs)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom(format!("invalid duration {secs}: must not be negative")))
+        }
+    }
+
+    deserializer.deserialize_any(DurationVisitor)
+}
+
 /// A bare host gets `default_scheme`; a URL keeps its scheme and port. A
 /// trailing `/sdk` is dropped so both `vc.example.com` and
 /// `https://vc.example.com/sdk` name the same endpoint.

@@ -43,7 +43,6 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use url::Url;
 
-use crate::config::parse_duration;
 use crate::error::{Error, error_chain, truncate_body};
 pub use crate::http::{BasicAuth, TlsConfig};
 use crate::http::{client_builder, deserialize_opt_secret, read_credential};
@@ -125,7 +124,10 @@ pub struct PushgatewayConfig {
     pub grouping: BTreeMap<String, String>,
     /// Time allowed to each request (`10s`, `1m30s`, or a bare number of
     /// seconds). A push with its retries takes at most three times this.
-    #[serde(default = "default_timeout", deserialize_with = "deserialize_duration")]
+    #[serde(
+        default = "default_timeout",
+        deserialize_with = "crate::config::deserialize_duration"
+    )]
     pub timeout: Duration,
     /// Delete the group on shutdown, so a reporter that is gone leaves no
     /// frozen series behind. Off by default: during a rolling update the new
@@ -161,36 +163,6 @@ fn deserialize_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Url, D:
     let text = String::deserialize(deserializer)?;
     // The text is not echoed: a URL may carry credentials.
     Url::parse(&text).map_err(|e| serde::de::Error::custom(format!("invalid URL: {e}")))
-}
-
-/// A duration as `crate::config::parse_duration` reads it; YAML gives a
-/// bare number of seconds as an integer, not a string, so both are taken.
-fn deserialize_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    struct DurationVisitor;
-
-    impl serde::de::Visitor<'_> for DurationVisitor {
-        type Value = Duration;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a duration such as 30s or 1m30s, or a number of seconds")
-        }
-
-        fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(secs))
-        }
-
-        fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Duration, E> {
-            u64::try_from(secs)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom(format!("invalid duration {secs}: must not be negative")))
-        }
-
-        fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Duration, E> {
-            parse_duration(text).map_err(|e| E::custom(format!("invalid duration {text:?}: {e}")))
-        }
-    }
-
-    deserializer.deserialize_any(DurationVisitor)
 }
 
 impl PushgatewayConfig {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::error::Error;
 use crate::http::deserialize_opt_secret;
@@ -80,7 +80,7 @@ pub struct RemoteWriteConfig {
     /// Time allowed for one request, retries included (Prometheus's
     /// duration syntax: `30s`, `1m30s`, or a number of seconds). Default `30s`. A publish spends at most
     /// twice this in all, however much is buffered.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::config::deserialize_duration")]
     pub remote_timeout: Duration,
     /// Extra HTTP headers sent with every request. Headers the protocol or
     /// authentication sets (Content-Type, Authorization, ...) are refused.
@@ -113,7 +113,7 @@ pub struct RemoteWriteConfig {
     /// Oldest cycle kept while the target is unreachable. Default `1h`:
     /// Prometheus refuses samples older than about an hour as out of bounds,
     /// so an older cycle could never be accepted.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::config::deserialize_duration")]
     pub max_buffered_age: Duration,
     /// Backoff between retries of a failed request.
     pub retry: RetryConfig,
@@ -189,10 +189,10 @@ fn default_auth_type() -> String {
 #[serde(deny_unknown_fields, default)]
 pub struct RetryConfig {
     /// First wait after a failure. Default `30ms`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::config::deserialize_duration")]
     pub min_backoff: Duration,
     /// Longest wait between two attempts. Default `5s`.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "crate::config::deserialize_duration")]
     pub max_backoff: Duration,
 }
 
@@ -203,38 +203,6 @@ impl Default for RetryConfig {
             max_backoff: Duration::from_secs(5),
         }
     }
-}
-
-/// A duration as Prometheus writes it (`30s`, `1m30s`, `500ms`) or a bare
-/// number of seconds (`30`), parsed like every other duration of the config
-/// ([`crate::config::parse_duration`]).
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    struct DurationVisitor;
-
-    impl serde::de::Visitor<'_> for DurationVisitor {
-        type Value = Duration;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a duration such as \"30s\", \"1m30s\" or a number of seconds")
-        }
-
-        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
-            crate::config::parse_duration(s)
-                .map_err(|e| E::custom(format!("invalid duration {s:?}: {e}")))
-        }
-
-        fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(secs))
-        }
-
-        fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Duration, E> {
-            u64::try_from(secs)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom(format!("invalid duration {secs}: must not be negative")))
-        }
-    }
-
-    d.deserialize_any(DurationVisitor)
 }
 
 impl RemoteWriteConfig {
