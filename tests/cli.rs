@@ -1321,3 +1321,26 @@ async fn two_vcenters_and_two_build_clusters_are_correlated_each_on_its_own() {
         admin.logout().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_prow_kubeconfig_jobs_come_from_the_prowjob_api_not_deck() {
+    let world = World::start().await;
+    let kubeconfig = world.kubeconfig.display().to_string();
+    let (mut reporter, port) = world.start_reporter(&["--prow-kubeconfig", &kubeconfig]);
+    let text = scrape_until(&reporter, port, Duration::from_secs(60), "prow up", |t| {
+        value_of(t, "vsphere_ci_user_sessions_prow_up") == Some(1.0)
+    })
+    .await;
+    assert_eq!(
+        correlated_lines(&text),
+        expected_correlated(&[&JOB_A, &JOB_B, &JOB_C])
+    );
+    assert_eq!(
+        value_of(&text, "vsphere_ci_user_sessions_running_jobs"),
+        Some(4.0)
+    );
+    assert!(world.ci.count(Route::ProwJobList) >= 1);
+    assert_eq!(world.ci.count(Route::Deck), 0, "deck is not read");
+    reporter.terminate();
+    assert!(reporter.wait_exit(Duration::from_secs(30)).success());
+}
