@@ -91,7 +91,8 @@ pub struct FileConfig {
     pub vcenters: Vec<FileVcenter>,
     #[serde(default)]
     pub prow: FileProw,
-    /// Build cluster kubeconfig for jobs of clusters not listed below.
+    /// Build cluster kubeconfig for jobs of clusters not listed below, and
+    /// for listed ones without a kubeconfig of their own.
     pub kubeconfig: Option<PathBuf>,
     /// Build clusters by `spec.cluster` alias.
     #[serde(default)]
@@ -103,7 +104,7 @@ pub struct FileConfig {
     pub log_format: Option<LogFormat>,
     /// Time between cycles, e.g. `60s`.
     pub interval: Option<String>,
-    /// Cron expression; overrides `interval`.
+    /// Cron expression or duration; overrides `interval`.
     pub schedule: Option<String>,
     /// Remote-write targets, in Prometheus's own `remote_write` format.
     #[serde(default)]
@@ -353,7 +354,7 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
         &at("kube_timeout"),
     )?;
 
-    // Schedule: --schedule > file schedule > --interval > file interval.
+    // Schedule: --schedule > --interval > file schedule > file interval.
     let schedule = if let Some(expr) = &flags.schedule {
         Schedule::parse(expr)?
     } else if flags.interval.is_none() && file.schedule.is_some() {

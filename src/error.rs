@@ -4,7 +4,7 @@
 //! source. `kind()` gives a short, bounded string that is safe to use as a metric
 //! label; `is_retriable()` tells the retry policies whether trying again can help.
 //! Messages never carry a secret: passwords and tokens live in
-//! [`crate::config::Secret`], which prints as `<redacted>`.
+//! [`crate::secret::Secret`], which prints as `<redacted>`.
 
 use std::time::Duration;
 

@@ -62,8 +62,9 @@ impl BasicAuth {
     }
 }
 
-/// TLS settings, as in Prometheus's `tls_config`. The system's web roots are
-/// always trusted; `ca_file` adds to them.
+/// TLS settings, as in Prometheus's `tls_config`. The bundled Mozilla
+/// (webpki) roots and the system's roots are always trusted; `ca_file` adds
+/// to them.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {

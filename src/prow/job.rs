@@ -346,7 +346,15 @@ mod tests {
         for (what, edit, want) in cases {
             let mut value = full();
             edit(&mut value);
-            assert_eq!(job(value).select(&sel).is_some(), want, "{what}");
+            let selected = job(value).select(&sel);
+            assert_eq!(selected.is_some(), want, "{what}");
+            if what.contains("target") && want {
+                assert_eq!(
+                    selected.map(|j| j.target),
+                    Some("e2e".to_string()),
+                    "{what}"
+                );
+            }
         }
     }
 

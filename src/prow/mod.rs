@@ -27,7 +27,8 @@ pub struct RunningJob {
     pub job_name: String,
     /// First `spec.refs.pulls[].link`, empty for periodic jobs.
     pub pull_request: String,
-    /// From `--target=` in the first container's args: the name of the
+    /// From `--target` in the first container's args (any form Go's flag
+    /// package accepts): the name of the
     /// secret holding the cluster profile files in the ci-op namespace.
     pub target: String,
     /// Build cluster alias, `spec.cluster` (e.g. `vsphere02`).

@@ -15,8 +15,8 @@ use crate::metrics::{MetricFamily, Snapshot};
 /// A destination for snapshots.
 #[async_trait]
 pub trait Sink: Send + Sync {
-    /// Short name for logs and the `sink` label of self-metrics, e.g.
-    /// `remote_write`, `pushgateway`.
+    /// Short name for logs and failure lines, e.g. `remote_write`,
+    /// `pushgateway`.
     fn name(&self) -> &str;
 
     /// Deliver one cycle's snapshot. Returns when the sink has accepted it or

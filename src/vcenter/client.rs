@@ -224,15 +224,17 @@ impl VcenterClient {
     ///
     /// A login in flight (even one whose caller was cancelled) is waited for
     /// and its session logged out too. Bounded: that login and this logout
-    /// are each a few requests under the configured request timeout. The
-    /// logout runs in its own task, so cancelling this call does not keep the
-    /// session from being released.
+    /// are each a few requests under the configured request timeout. Both the
+    /// wait and the logout run in a task of their own, so a caller that stops
+    /// waiting (a shutdown budget) does not stop them while the runtime lives.
     pub async fn logout(&self) -> Result<(), Error> {
-        let state = self.inner.state.clone().lock_owned().await;
         let inner = self.inner.clone();
-        tokio::spawn(async move { inner.log_out(state).await })
-            .await
-            .map_err(|e| self.inner.task_failed("logout", e))?
+        tokio::spawn(async move {
+            let state = inner.state.clone().lock_owned().await;
+            inner.log_out(state).await
+        })
+        .await
+        .map_err(|e| self.inner.task_failed("logout", e))?
     }
 
     /// The current session, logging in when there is none or when the caller

@@ -66,7 +66,8 @@ pub enum Attempt<T> {
     /// Done: stop and return this.
     Done(T),
     /// Failed in a way that may pass: try again after the backoff, or after
-    /// `after` when the receiver said how long (429 `Retry-After`).
+    /// `after` when the receiver said how long (`Retry-After` on a 429 or
+    /// 503).
     Retry {
         error: Error,
         after: Option<Duration>,
@@ -83,7 +84,7 @@ pub struct GaveUp {
     /// True when the failure may pass (keep the request for later), false
     /// when the request was refused for good.
     pub retriable: bool,
-    /// When a receiver asked (429) not to be called before a time that lies
+    /// When a receiver asked (429 or 503) not to be called before a time that lies
     /// past the deadline: the caller should not try before it.
     pub not_before: Option<Instant>,
 }

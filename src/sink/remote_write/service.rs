@@ -53,7 +53,8 @@ enum Auth {
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
-    /// `Retry-After`, parsed (429 and 503).
+    /// `Retry-After`, parsed when present (the sink honours it on 429 and
+    /// 503).
     pub retry_after: Option<Duration>,
     /// `X-Prometheus-Remote-Write-Samples-Written`, when present.
     pub samples_written: Option<u64>,
