@@ -621,10 +621,12 @@ mod tests {
         .unwrap();
         assert_eq!(start.elapsed(), Duration::from_secs(7));
         assert_eq!(probe.finished.load(Ordering::SeqCst), 0);
-        // The abort lands when the runtime next polls the task.
+        // The abort lands when the runtime next polls the task. Sleeping
+        // (not yielding) lets the paused clock advance, so a missing abort
+        // makes the timeout fire instead of hanging the test.
         tokio::time::timeout(Duration::from_secs(1), async {
             while !probe.dropped_unfinished.load(Ordering::SeqCst) {
-                tokio::task::yield_now().await;
+                tokio::time::sleep(Duration::from_millis(1)).await;
             }
         })
         .await
@@ -667,8 +669,10 @@ mod tests {
                 }
             }
         };
+        // About 3.1 s are needed; the generous limit is for a loaded machine
+        // and costs nothing, as the test returns once both conditions hold.
         tokio::time::timeout(
-            Duration::from_secs(5),
+            Duration::from_secs(15),
             run_scheduled(
                 Schedule::cron("* * * * * *").unwrap(),
                 probe.cycle(Duration::from_millis(1600)),
@@ -678,7 +682,7 @@ mod tests {
             ),
         )
         .await
-        .expect("a cron cycle ran and a tick was skipped within 5 s")
+        .expect("a cron cycle ran and a tick was skipped within 15 s")
         .unwrap();
         assert!(skipped.load(Ordering::SeqCst) >= 1);
         assert!(probe.finished.load(Ordering::SeqCst) >= 1);

@@ -520,9 +520,24 @@ async fn push_is_a_put_of_the_text_format_with_credentials_from_a_file() {
         base64::engine::general_purpose::STANDARD.encode("pusher:s3cret")
     );
     assert_eq!(request.headers["authorization"], expected_auth.as_str());
-    // The snapshot's text exactly: no timestamps, ends in a newline.
-    assert_eq!(request.body, Bytes::from(pushed.render_text()));
-    assert!(request.body.ends_with(b"\n"));
+    // The exposition text written by hand (labels sorted by name): no
+    // timestamps, ends in a newline.
+    let expected = "\
+# HELP vsphere_ci_user_sessions_correlated Sessions per CI job.
+# TYPE vsphere_ci_user_sessions_correlated gauge
+vsphere_ci_user_sessions_correlated{build_id=\"1001\",ci_job=\"e2e-vsphere\",\
+pull_request=\"https://github.com/openshift/installer/pull/1\",user_agent=\"terraform/1.5\",\
+username=\"ci-user-1\",vcenter=\"vc1.example.com\"} 3
+# HELP vsphere_ci_user_sessions_vcenter_up vCenter listed.
+# TYPE vsphere_ci_user_sessions_vcenter_up gauge
+vsphere_ci_user_sessions_vcenter_up{vcenter=\"vc1.example.com\"} 1
+";
+    let body = std::str::from_utf8(&request.body).expect("the body is UTF-8");
+    assert_eq!(body, expected);
+    // Every sample line is `name{labels} value`: no third field (timestamp).
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        assert_eq!(line.split(' ').count(), 2, "{line}");
+    }
 }
 
 #[tokio::test]

@@ -179,7 +179,7 @@ async fn an_ended_series_vanishes_from_prometheus_instant_queries_at_once() {
 async fn a_prometheus_outage_within_the_buffer_bounds_leaves_no_gap() {
     let mut prom = Peer::prometheus();
     let mut cfg = config(&prom.write_url());
-    cfg.remote_timeout = Duration::from_millis(300);
+    cfg.remote_timeout = Duration::from_secs(1);
     let sink = sink(cfg);
     let base = now_ms() - 60_000;
     let cycle_ts: Vec<i64> = (0..8).map(|i| base + i * 2_000).collect();
@@ -205,7 +205,7 @@ async fn a_prometheus_outage_within_the_buffer_bounds_leaves_no_gap() {
             "cycle {i} cannot be delivered during the outage"
         );
         assert!(
-            started.elapsed() < Duration::from_secs(2),
+            started.elapsed() < sink.publish_timeout() + Duration::from_secs(2),
             "publish is bounded"
         );
     }
@@ -500,20 +500,27 @@ async fn series_with_repeated_or_invalid_label_names_are_dropped_and_counted() {
 }
 
 #[tokio::test]
-async fn an_empty_snapshot_sends_no_empty_label_set() {
+async fn a_sample_without_labels_is_sent_with_only_its_name() {
     let stub = StubReceiver::start().await;
     let sink = sink(config(&stub.url));
+    // One family with one sample whose label set is empty: the series must
+    // still carry `__name__`, and no empty label set may go on the wire.
+    let family = MetricFamily::gauge(GAUGE, "h").with(Vec::<(&str, &str)>::new(), 1.0);
     sink.publish(Arc::new(Snapshot {
         timestamp_ms: now_ms(),
-        families: Vec::new(),
+        families: vec![family],
     }))
     .await
     .unwrap();
-    for req in stub.requests() {
-        for (labels, _) in req.series() {
-            assert!(!labels.is_empty());
-        }
-    }
+    let reqs = stub.requests();
+    assert_eq!(reqs.len(), 1);
+    let series = reqs[0].series();
+    assert_eq!(series.len(), 1, "{series:?}");
+    assert_eq!(
+        series[0].0,
+        [("__name__".to_string(), GAUGE.to_string())],
+        "{series:?}"
+    );
 }
 
 #[tokio::test]
@@ -680,17 +687,20 @@ async fn throttling_waits_as_long_as_retry_after_seconds_says() {
 #[tokio::test]
 async fn throttling_honours_an_http_date_retry_after() {
     let stub = StubReceiver::start().await;
-    let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
+    // HTTP dates have one-second resolution: the fraction of a second is
+    // dropped, so 3 s ahead is always more than 2 s ahead.
+    let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
     stub.script([Reply::status(429).header("Retry-After", &when)]);
     let mut cfg = config(&stub.url);
-    cfg.remote_timeout = Duration::from_secs(4);
+    cfg.remote_timeout = Duration::from_secs(6);
     let sink = sink(cfg);
     sink.publish(snapshot(now_ms(), &[("ci-a", 1.0)]))
         .await
         .expect("accepted after waiting");
     let reqs = stub.requests();
     assert_eq!(reqs.len(), 2);
-    // HTTP dates have one-second resolution.
+    // Over 2 s of the wait remain when the 429 arrives, less whatever a
+    // loaded machine spends before that: 1 s leaves ample margin.
     assert!(reqs[1].at - reqs[0].at >= Duration::from_secs(1));
 }
 
@@ -816,10 +826,11 @@ async fn cycles_buffered_during_an_outage_are_sent_oldest_first_when_it_ends() {
         Reply::status(503),
     ]);
     let mut cfg = config(&stub.url);
-    // One attempt per publish: the timeout is shorter than any backoff.
-    cfg.remote_timeout = Duration::from_millis(50);
-    cfg.retry.min_backoff = Duration::from_millis(60);
-    cfg.retry.max_backoff = Duration::from_millis(60);
+    // One attempt per publish: the timeout is shorter than any backoff. The
+    // last publish has `publish_timeout` (2 s) to deliver five cycles.
+    cfg.remote_timeout = Duration::from_secs(1);
+    cfg.retry.min_backoff = Duration::from_secs(3);
+    cfg.retry.max_backoff = Duration::from_secs(3);
     let sink = sink(cfg);
     let ts = now_ms();
     for i in 0..4 {

@@ -848,10 +848,25 @@ mod tests {
     }
 
     #[test]
-    fn every_truncation_of_a_response_is_handled_without_panic() {
+    fn every_truncation_of_a_response_is_an_error_not_a_shorter_page() {
         let xml = fixture("retrieve_sessions_token.xml");
+        let full = parse_session_page(&xml, false).expect("the whole page parses");
+        // Only whitespace may follow the root element: cutting some of it off
+        // leaves the whole document, which must parse exactly as before.
+        // Every shorter cut loses part of the document and must be an error,
+        // never `Ok` with fewer sessions.
+        let trimmed = xml.trim_ascii_end().len();
         for end in 0..xml.len() {
-            let _ = parse_session_page(&xml[..end], false);
+            let cut = parse_session_page(&xml[..end], false);
+            if end < trimmed {
+                assert!(
+                    cut.is_err(),
+                    "a page cut at byte {end} of {trimmed} parsed: {cut:?}"
+                );
+            } else {
+                assert_eq!(cut.as_ref(), Ok(&full), "cut at byte {end}");
+            }
+            // Only that it does not panic: a cut page holds no fault.
             let _ = parse_fault(&xml[..end]);
         }
     }
