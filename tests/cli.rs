@@ -313,6 +313,11 @@ fn value_of(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// Cycles the reporter has run, as `/metrics` says (0 before the first).
+fn cycles(text: &str) -> f64 {
+    value_of(text, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap_or(0.0)
+}
+
 /// Poll `/metrics` until `ready` holds for it, at most `bound`.
 async fn scrape_until(
     reporter: &Reporter,
@@ -581,7 +586,7 @@ async fn start_serves_exact_correlated_counts_and_holds_one_session_however_many
     let (mut reporter, port) = world.start_reporter(&[]);
 
     let text = scrape_until(&reporter, port, Duration::from_secs(60), "6 cycles", |t| {
-        value_of(t, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap_or(0.0) >= 6.0
+        cycles(t) >= 6.0
     })
     .await;
 
@@ -656,16 +661,13 @@ async fn start_serves_exact_correlated_counts_and_holds_one_session_however_many
     assert_eq!(world.reporter_sessions().await, 1);
     // A steady cycle reads no secrets: resolved jobs are cached.
     let secrets_before = world.ci.count(Route::Secret);
-    let cycles_before = value_of(&text, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap();
+    let cycles_before = cycles(&text);
     scrape_until(
         &reporter,
         port,
         Duration::from_secs(30),
         "2 more cycles",
-        |t| {
-            value_of(t, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap_or(0.0)
-                >= cycles_before + 2.0
-        },
+        |t| cycles(t) >= cycles_before + 2.0,
     )
     .await;
     assert_eq!(world.ci.count(Route::Secret), secrets_before);
@@ -699,7 +701,7 @@ async fn a_session_terminated_from_outside_is_replaced_by_exactly_one() {
         port,
         Duration::from_secs(60),
         "a first cycle",
-        |t| value_of(t, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap_or(0.0) >= 1.0,
+        |t| cycles(t) >= 1.0,
     )
     .await;
 
@@ -1140,9 +1142,7 @@ async fn a_vcenter_out_of_sessions_or_sending_broken_xml_is_down_and_the_process
             port,
             Duration::from_secs(30),
             "two cycles",
-            |t| {
-                value_of(t, "vsphere_ci_user_sessions_exporter_scrapes_total").unwrap_or(0.0) >= 2.0
-            },
+            |t| cycles(t) >= 2.0,
         )
         .await;
         assert_eq!(
