@@ -1,30 +1,43 @@
 //! Cost of the pure join for a busy vCenter: 2,000 sessions over 40 users and
 //! 12 user agents, 200 running jobs sharing those users, rendered as text.
+//! A quarter of the sessions are CSI sessions naming a cluster (of a running
+//! job or of one of 50 ended ones), a quarter come from VM guest IPs, so
+//! the leak classification does its real work.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use vsphere_ci_session_metrics::ci::CiIdentity;
 use vsphere_ci_session_metrics::correlate::{CycleInput, JobUsers, VcenterObservation, correlate};
 use vsphere_ci_session_metrics::metrics::Snapshot;
 use vsphere_ci_session_metrics::prow::RunningJob;
-use vsphere_ci_session_metrics::vcenter::UserSession;
+use vsphere_ci_session_metrics::vcenter::{UserSession, VcenterClock};
+
+/// The ci-op namespace of job `i` (jobs 200..250 have ended).
+fn namespace(i: u64) -> String {
+    format!("ci-op-{i:08}")
+}
 
 fn input() -> CycleInput {
-    let sessions = (0..2000)
+    let sessions = (0..2000u64)
         .map(|i| UserSession {
             key: format!("key-{i}"),
             user_name: format!("VSPHERE.LOCAL\\ci-user-{}", i % 40),
             full_name: String::new(),
             login_time: "2026-11-25T10:00:00Z".into(),
             last_active_time: "2026-11-25T10:00:00Z".into(),
-            ip_address: "10.0.0.1".into(),
-            user_agent: format!("agent-{}", i % 12),
-            call_count: i,
+            ip_address: format!("10.0.{}.{}", (i / 4) % 250, i % 4),
+            user_agent: match i % 4 {
+                0 => format!("k8s-csi-useragent-{}-ab123-cd456", namespace((i / 4) % 250)),
+                _ => format!("agent-{}", i % 12),
+            },
+            call_count: i as i64,
+            extension_session: false,
         })
         .collect();
     let jobs = (0..200)
         .map(|i| JobUsers {
             job: RunningJob {
                 id: format!("job-{i}"),
+                start_ms: Some(1_795_597_201_000),
                 build_id: format!("{}", 1_800_000_000_000_000_000u64 + i),
                 job_name: format!("pull-ci-openshift-installer-main-e2e-vsphere-{i}"),
                 pull_request: format!("https://github.com/openshift/installer/pull/{i}"),
@@ -36,15 +49,34 @@ fn input() -> CycleInput {
                 vcenter: "vcenter.example.com".into(),
                 username: format!("ci-user-{}", i % 40),
             }],
+            namespace: Some(namespace(i)),
+            infra_id: Some(format!("{}-ab123-cd456", namespace(i))),
+        })
+        .collect();
+    // Every fourth address, 10.0.N.1, is a guest IP of job N's worker.
+    let vm_names_by_ip = (0..250u64)
+        .map(|n| {
+            (
+                format!("10.0.{n}.1"),
+                vec![format!("{}-ab123-cd456-worker-0", namespace(n))],
+            )
         })
         .collect();
     CycleInput {
         vcenters: vec![VcenterObservation {
             vcenter: "vcenter.example.com".into(),
             sessions: Some(sessions),
+            clock: Some(VcenterClock {
+                vcenter_ms: 1_795_600_000_000,
+                local_ms: 1_795_600_000_000,
+            }),
+            vm_names_by_ip,
+            session_limit: 3000,
+            ..VcenterObservation::default()
         }],
         prow_up: true,
         jobs,
+        ..CycleInput::default()
     }
 }
 

@@ -143,6 +143,7 @@ pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>)
             default,
             by_cluster,
         },
+        leaks: config.leaks.clone(),
     };
     let cycle = Cycle::new(sources, sinks, latest.clone(), Arc::new(AtomicU64::new(0)));
     Ok((cycle, latest))

@@ -15,12 +15,13 @@ use url::Url;
 
 use crate::cli::{Flags, LogFormat};
 use crate::error::Error;
+use crate::leaks::{self, LeakRules};
 use crate::prow::JobSelector;
 use crate::schedule::Schedule;
 use crate::secret::Secret;
 use crate::sink::pushgateway::PushgatewayConfig;
 use crate::sink::remote_write::RemoteWriteConfig;
-use crate::vcenter::VcenterConfig;
+use crate::vcenter::{DEFAULT_SESSION_LIMIT, VcenterConfig};
 
 /// The original exporter's defaults.
 pub const DEFAULT_PROW: &str = "prow.ci.openshift.org";
@@ -78,6 +79,8 @@ pub struct Config {
     pub remote_write: Vec<RemoteWriteConfig>,
     pub external_labels: Vec<(String, String)>,
     pub pushgateway: Option<PushgatewayConfig>,
+    /// How leaked sessions are told from a running job's.
+    pub leaks: LeakRules,
 }
 
 /// The YAML file, as written by users. Every field is optional; see
@@ -114,6 +117,30 @@ pub struct FileConfig {
     #[serde(default)]
     pub external_labels: BTreeMap<String, String>,
     pub pushgateway: Option<serde_yaml::Value>,
+    /// How sessions are tied to jobs and told leaked.
+    #[serde(default)]
+    pub leaks: FileLeaks,
+}
+
+/// The `leaks:` block.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLeaks {
+    /// Regexes of user agents naming their cluster in a group `cluster`;
+    /// replaces the default (the CSI driver's `k8s-csi-useragent-<id>`).
+    pub cluster_user_agents: Option<Vec<String>>,
+    /// Regexes of users never counted as orphaned, matched in full and
+    /// case-insensitively against the normalised user name; replaces the
+    /// default (vCenter's own solution users).
+    pub exclude_users: Option<Vec<String>>,
+    /// A session logged in this long before every running job of its user
+    /// started is `predates_running_jobs`, e.g. `5m`.
+    pub login_grace: Option<String>,
+    /// Sessions idle longer than this count in `idle_sessions`, e.g. `1h`.
+    pub idle_threshold: Option<String>,
+    /// Tie sessions to jobs by their VM's guest IP (keeps a VM map of every
+    /// vCenter) [default: true].
+    pub vm_attribution: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +157,11 @@ pub struct FileVcenter {
     pub insecure: bool,
     /// Per-request deadline, e.g. `30s`.
     pub timeout: Option<String>,
+    /// The vCenter's session limit [default: 3000].
+    pub session_limit: Option<u64>,
+    /// Other host names or addresses the CI files use for this vCenter.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -253,6 +285,11 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
                 .as_ref()
                 .map(|b| b.timeout)
                 .unwrap_or(DEFAULT_VCENTER_TIMEOUT),
+            session_limit: base
+                .as_ref()
+                .map_or(DEFAULT_SESSION_LIMIT, |b| b.session_limit),
+            aliases: base.map(|b| b.aliases).unwrap_or_default(),
+            vm_map: true,
         });
     } else if flags.vsphere_user.is_some() || flags.vsphere_passwd.is_some() {
         return Err(Error::Config(
@@ -279,6 +316,22 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
                 vc.host
             )));
         }
+    }
+    // An alias naming two vCenters would route a CI user to either.
+    for vc in &vcenters {
+        for alias in &vc.aliases {
+            if !hosts.insert(alias.as_str()) {
+                return Err(Error::Config(format!(
+                    "{}: alias {alias} of vCenter {} names another vCenter or is listed twice",
+                    at("vcenters[].aliases"),
+                    vc.host
+                )));
+            }
+        }
+    }
+    let (leaks, vm_attribution) = leak_rules(&file.leaks, &at)?;
+    for vc in &mut vcenters {
+        vc.vm_map = vm_attribution;
     }
 
     // Prow.
@@ -447,7 +500,58 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
         remote_write,
         external_labels,
         pushgateway,
+        leaks,
     })
+}
+
+/// The `leaks:` block compiled, and whether VM attribution is on.
+fn leak_rules(file: &FileLeaks, at: &dyn Fn(&str) -> String) -> Result<(LeakRules, bool), Error> {
+    let defaults = LeakRules::default();
+    let cluster_user_agents = match &file.cluster_user_agents {
+        None => defaults.cluster_user_agents,
+        Some(patterns) => patterns
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                leaks::cluster_agent_regex(p).map_err(|e| {
+                    Error::Config(format!(
+                        "{}: {p:?}: {e}",
+                        at(&format!("leaks.cluster_user_agents[{i}]"))
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let exclude_users = match &file.exclude_users {
+        None => defaults.exclude_users,
+        Some(patterns) => patterns
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                leaks::user_regex(p).map_err(|e| {
+                    Error::Config(format!(
+                        "{}: {p:?}: {e}",
+                        at(&format!("leaks.exclude_users[{i}]"))
+                    ))
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let rules = LeakRules {
+        cluster_user_agents,
+        exclude_users,
+        login_grace: duration_or(
+            &file.login_grace,
+            defaults.login_grace,
+            &at("leaks.login_grace"),
+        )?,
+        idle_threshold: duration_or(
+            &file.idle_threshold,
+            defaults.idle_threshold,
+            &at("leaks.idle_threshold"),
+        )?,
+    };
+    Ok((rules, file.vm_attribution.unwrap_or(true)))
 }
 
 fn vcenter_from_file(
@@ -496,6 +600,33 @@ fn vcenter_from_file(
         ca_file: entry.ca_file.clone(),
         insecure: entry.insecure,
         timeout: duration_or(&entry.timeout, DEFAULT_VCENTER_TIMEOUT, &field("timeout"))?,
+        session_limit: match entry.session_limit {
+            Some(0) => {
+                return Err(Error::Config(format!(
+                    "{}: must be greater than 0",
+                    field("session_limit")
+                )));
+            }
+            Some(limit) => limit,
+            None => DEFAULT_SESSION_LIMIT,
+        },
+        aliases: entry
+            .aliases
+            .iter()
+            .enumerate()
+            .map(|(i, alias)| {
+                let host = crate::ci::profile::normalize_host(alias);
+                if host.is_empty() {
+                    Err(Error::Config(format!(
+                        "{}: {alias:?} is not a host name or address",
+                        field(&format!("aliases[{i}]"))
+                    )))
+                } else {
+                    Ok(host)
+                }
+            })
+            .collect::<Result<_, _>>()?,
+        vm_map: true,
     })
 }
 

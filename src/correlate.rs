@@ -10,28 +10,54 @@
 //! session exactly once per user and agent, and
 //! `vsphere_ci_user_sessions_user_jobs` says how many jobs share the user.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::ci::CiIdentity;
+use crate::leaks::{self, LeakRules, ReporterIdentity};
 use crate::metrics::{self, MetricFamily};
 use crate::prow::RunningJob;
-use crate::vcenter::UserSession;
+use crate::vcenter::{UserSession, VcenterClock};
 
 /// What one vCenter gave this cycle.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct VcenterObservation {
     /// The `vcenter` label: lower-case host name.
     pub vcenter: String,
     /// `None` when listing failed: `vcenter_up` is 0 and no session series
     /// are produced for this vCenter.
     pub sessions: Option<Vec<UserSession>>,
+    /// The vCenter's clock when the sessions were listed; `None` with them.
+    pub clock: Option<VcenterClock>,
+    /// Session address -> names of the VMs reporting it as a guest IP.
+    pub vm_names_by_ip: HashMap<String, Vec<String>>,
+    /// The configured session limit, exported as is.
+    pub session_limit: u64,
+    /// The reporter's own login here, never counted as leaked.
+    pub reporter: ReporterIdentity,
 }
 
-/// A running job and the CI users it logs in as (empty while unresolved).
+/// A running job, the CI users it logs in as (empty while unresolved) and
+/// what ties sessions to it.
 #[derive(Debug, Clone)]
 pub struct JobUsers {
     pub job: RunningJob,
     pub identities: Vec<CiIdentity>,
+    /// Its ci-op namespace on the build cluster, once found.
+    pub namespace: Option<String>,
+    /// `infraID` from `metadata.json`, once the install wrote it.
+    pub infra_id: Option<String>,
+}
+
+impl JobUsers {
+    /// A job nothing is known of yet beyond Prow's fields.
+    pub fn unresolved(job: RunningJob) -> Self {
+        JobUsers {
+            job,
+            identities: Vec::new(),
+            namespace: None,
+            infra_id: None,
+        }
+    }
 }
 
 /// Everything gathered in one cycle.
@@ -39,19 +65,76 @@ pub struct JobUsers {
 pub struct CycleInput {
     pub vcenters: Vec<VcenterObservation>,
     /// Whether the running jobs were listed; when false, `jobs` is empty and
-    /// no correlated series are produced (rather than claiming no job runs).
+    /// no correlated or orphaned series are produced (rather than claiming
+    /// no job runs).
     pub prow_up: bool,
+    /// Identities already routed to configured vCenters
+    /// ([`route_identities`]).
     pub jobs: Vec<JobUsers>,
+    /// CI users per vCenter host that matches no configured vCenter.
+    pub unmatched_identities: BTreeMap<String, usize>,
+    pub rules: LeakRules,
+}
+
+/// Point every identity at its configured vCenter: a host listed as an
+/// alias becomes that vCenter's host. Identities naming an unknown host are
+/// removed and counted per host (distinct users), with a debug line: a CI
+/// file naming a vCenter by another name must not silently lose its user.
+/// `vcenters`: (host, aliases) of each configured vCenter.
+pub fn route_identities(
+    jobs: &mut [JobUsers],
+    vcenters: &[(String, Vec<String>)],
+) -> BTreeMap<String, usize> {
+    let mut host_of: HashMap<&str, &str> = HashMap::new();
+    for (host, aliases) in vcenters {
+        host_of.insert(host, host);
+        for alias in aliases {
+            host_of.entry(alias).or_insert(host);
+        }
+    }
+    let mut unmatched: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for entry in jobs.iter_mut() {
+        let mut routed = Vec::with_capacity(entry.identities.len());
+        for identity in entry.identities.drain(..) {
+            match host_of.get(identity.vcenter.as_str()) {
+                Some(host) => routed.push(CiIdentity {
+                    vcenter: host.to_string(),
+                    username: identity.username,
+                }),
+                None => {
+                    tracing::debug!(
+                        job = %entry.job.id,
+                        vcenter = %identity.vcenter,
+                        user = %identity.username,
+                        "CI user's vCenter matches no configured vCenter or alias"
+                    );
+                    unmatched
+                        .entry(identity.vcenter)
+                        .or_default()
+                        .insert(identity.username);
+                }
+            }
+        }
+        routed.sort();
+        routed.dedup();
+        entry.identities = routed;
+    }
+    unmatched
+        .into_iter()
+        .map(|(host, users)| (host, users.len()))
+        .collect()
 }
 
 /// Normalise a vCenter user name so the forms a vCenter reports
-/// (`VSPHERE.LOCAL\user`) and the forms CI files hold (`user@vsphere.local`)
-/// compare equal. Users of the default SSO domain `vsphere.local` become the
-/// bare `user`; users of any other domain become `user@domain` with the domain
-/// in lower case, so they never merge with a `vsphere.local` user of the same
-/// name. The user part keeps its case.
+/// (`VSPHERE.LOCAL\CI-User-1`) and the forms CI files hold
+/// (`ci-user-1@vsphere.local`) compare equal. vSphere SSO user names are
+/// case-insensitive, so the result is lower case. Users of the default SSO
+/// domain `vsphere.local` become the bare `user`; users of any other domain
+/// become `user@domain`, so they never merge with a `vsphere.local` user of
+/// the same name.
 pub fn normalize_username(raw: &str) -> String {
-    let raw = raw.trim();
+    let lower = raw.trim().to_lowercase();
+    let raw = lower.as_str();
     let (user, domain) = if let Some((domain, user)) = raw.split_once('\\') {
         (user, Some(domain))
     } else if let Some((user, domain)) = raw.rsplit_once('@') {
@@ -59,7 +142,7 @@ pub fn normalize_username(raw: &str) -> String {
     } else {
         (raw, None)
     };
-    match domain.map(str::to_ascii_lowercase) {
+    match domain {
         None => user.to_string(),
         Some(d) if d == "vsphere.local" || d.is_empty() => user.to_string(),
         Some(d) => format!("{user}@{d}"),
@@ -185,9 +268,70 @@ pub fn correlate(input: &CycleInput) -> Vec<MetricFamily> {
         }
     }
 
-    vec![
+    let mut families = vec![
         correlated, open, user_jobs, total, vcenter_up, prow_up, running, unresolved,
-    ]
+    ];
+    families.extend(leaks::leak_families(
+        &input.vcenters,
+        &input.jobs,
+        input.prow_up,
+        &input.rules,
+    ));
+    families.push(job_info(input));
+    let mut limit = MetricFamily::gauge(
+        metrics::SESSION_LIMIT,
+        "The vCenter's session limit, as configured.",
+    );
+    for observation in &input.vcenters {
+        limit.push(
+            [("vcenter", observation.vcenter.as_str())],
+            observation.session_limit as f64,
+        );
+    }
+    families.push(limit);
+    let mut unmatched = MetricFamily::gauge(
+        metrics::UNMATCHED_IDENTITIES,
+        "Distinct CI users whose files name this vCenter host, which matches no configured vCenter or alias.",
+    );
+    for (host, users) in &input.unmatched_identities {
+        unmatched.push([("vcenter", host.as_str())], *users as f64);
+    }
+    families.push(unmatched);
+    families
+}
+
+/// `job_info` = 1 for every running job and each user it logs in as on a
+/// configured vCenter: the join from any per-user series to the jobs.
+fn job_info(input: &CycleInput) -> MetricFamily {
+    let mut info = MetricFamily::gauge(
+        metrics::JOB_INFO,
+        "1 for each running CI job and each vCenter user it logs in as.",
+    );
+    let mut seen = BTreeSet::new();
+    for entry in &input.jobs {
+        for identity in &entry.identities {
+            if !input.vcenters.iter().any(|o| o.vcenter == identity.vcenter)
+                || !seen.insert((&entry.job.id, identity))
+            {
+                continue;
+            }
+            let job = &entry.job;
+            info.push(
+                [
+                    ("vcenter", identity.vcenter.as_str()),
+                    ("username", identity.username.as_str()),
+                    ("ci_job", job.job_name.as_str()),
+                    ("build_id", job.build_id.as_str()),
+                    ("pull_request", job.pull_request.as_str()),
+                    ("namespace", entry.namespace.as_deref().unwrap_or_default()),
+                    ("cluster_profile", job.cluster_profile.as_str()),
+                    ("build_cluster", job.cluster.as_str()),
+                ],
+                1.0,
+            );
+        }
+    }
+    info
 }
 
 fn bool_value(b: bool) -> f64 {
@@ -208,6 +352,7 @@ mod tests {
             ip_address: String::new(),
             user_agent: agent.to_string(),
             call_count: 0,
+            extension_session: false,
         }
     }
 
@@ -215,6 +360,7 @@ mod tests {
         RunningJob {
             id: format!("id-{build}"),
             build_id: build.to_string(),
+            start_ms: None,
             job_name: name.to_string(),
             pull_request: String::new(),
             target: "e2e-vsphere".to_string(),
@@ -275,22 +421,24 @@ mod tests {
                     session(r"VSPHERE.LOCAL\ci-2", "govc"),
                     session(r"VSPHERE.LOCAL\admin", "browser"),
                 ]),
+                ..VcenterObservation::default()
             }],
             prow_up: true,
             jobs: vec![
                 JobUsers {
-                    job: job("job-a", "1"),
                     identities: vec![identity("vc1", "ci-1")],
+                    ..JobUsers::unresolved(job("job-a", "1"))
                 },
                 JobUsers {
-                    job: job("job-b", "2"),
                     identities: vec![identity("vc1", "ci-1"), identity("vc1", "ci-1")],
+                    ..JobUsers::unresolved(job("job-b", "2"))
                 },
                 JobUsers {
-                    job: job("job-c", "3"),
                     identities: vec![],
+                    ..JobUsers::unresolved(job("job-c", "3"))
                 },
             ],
+            ..CycleInput::default()
         };
         let families = correlate(&input);
         let p = "build_id";
@@ -359,12 +507,14 @@ mod tests {
             vcenters: vec![VcenterObservation {
                 vcenter: "vc1".into(),
                 sessions: Some(vec![session("ci-1", "govc")]),
+                ..VcenterObservation::default()
             }],
             prow_up: true,
             jobs: vec![JobUsers {
-                job: job("job-a", "1"),
                 identities: vec![identity("vc2", "ci-1")],
+                ..JobUsers::unresolved(job("job-a", "1"))
             }],
+            ..CycleInput::default()
         };
         let families = correlate(&input);
         assert!(series(&families, metrics::CORRELATED).is_empty());
@@ -377,9 +527,11 @@ mod tests {
             vcenters: vec![VcenterObservation {
                 vcenter: "vc1".into(),
                 sessions: None,
+                ..VcenterObservation::default()
             }],
             prow_up: false,
             jobs: vec![],
+            ..CycleInput::default()
         };
         let families = correlate(&input);
         assert_eq!(
@@ -400,12 +552,14 @@ mod tests {
             vcenters: vec![VcenterObservation {
                 vcenter: "vc1".into(),
                 sessions: Some(vec![]),
+                ..VcenterObservation::default()
             }],
             prow_up: true,
             jobs: vec![JobUsers {
-                job: job("job-a", "1"),
                 identities: vec![identity("vc1", "ci-1")],
+                ..JobUsers::unresolved(job("job-a", "1"))
             }],
+            ..CycleInput::default()
         };
         let families = correlate(&input);
         assert!(series(&families, metrics::CORRELATED).is_empty());

@@ -15,6 +15,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::ci::IdentityResolver;
 use crate::correlate::{self, CycleInput, JobUsers, VcenterObservation};
+use crate::leaks::{LeakRules, ReporterIdentity};
 use crate::metrics::{self, MetricFamily, Snapshot};
 use crate::prow::{ProwSource, RunningJob};
 use crate::sink::Sink;
@@ -103,6 +104,8 @@ pub struct Sources {
     pub resolvers: Resolvers,
     /// Bound of the whole CI-user step of a cycle.
     pub ci_timeout: Duration,
+    /// How leaked sessions are told from a running job's.
+    pub leaks: LeakRules,
 }
 
 /// The outcome of one cycle.
@@ -167,19 +170,6 @@ impl Cycle {
         // vCenter call short is safe: the client finishes a login it started
         // in a task of its own, so the session is kept (and logged out at
         // the end), never lost.
-        let vcenter_timeout = self.sources.vcenter_timeout;
-        let vcenter_calls = self.sources.vcenters.iter().map(|client| async move {
-            let t0 = Instant::now();
-            let result = tokio::time::timeout(vcenter_timeout, client.list_sessions())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(crate::Error::Timeout {
-                        what: format!("listing sessions of vCenter {}", client.host()),
-                        timeout: vcenter_timeout,
-                    })
-                });
-            (client.host().to_string(), result, t0.elapsed())
-        });
         let prow_call = async {
             let t0 = Instant::now();
             let result = tokio::time::timeout(
@@ -195,32 +185,20 @@ impl Cycle {
             });
             (result, t0.elapsed())
         };
-        let (vcenter_results, (prow_result, prow_elapsed)) =
-            tokio::join!(join_all(vcenter_calls), prow_call);
-
-        let mut vcenters = Vec::new();
-        let mut session_count = 0;
-        for (host, result, elapsed) in vcenter_results {
-            let labels = [("collector", "vcenter"), ("vcenter", host.as_str())];
+        let (gathered, (prow_result, prow_elapsed)) =
+            tokio::join!(self.observe_vcenters(), prow_call);
+        let GatheredVcenters {
+            observations: vcenters,
+            session_count,
+        } = gathered;
+        for (labels, elapsed, ok, failure) in gathered_collectors(&vcenters) {
+            let labels = [("collector", labels.0), ("vcenter", labels.1.as_str())];
             collector_duration.push(labels, elapsed.as_secs_f64());
-            collector_success.push(labels, if result.is_ok() { 1.0 } else { 0.0 });
-            let sessions = match result {
-                Ok(sessions) => {
-                    debug!(vcenter = %host, sessions = sessions.len(), "Listed sessions");
-                    session_count += sessions.len();
-                    Some(sessions)
-                }
-                Err(e) => {
-                    error!(vcenter = %host, kind = e.kind(), error = %e, "Listing vCenter sessions failed");
-                    failures.push(e.to_string());
-                    None
-                }
-            };
-            vcenters.push(VcenterObservation {
-                vcenter: host,
-                sessions,
-            });
+            collector_success.push(labels, if ok { 1.0 } else { 0.0 });
+            failures.extend(failure);
         }
+        let vcenters: Vec<VcenterObservation> =
+            vcenters.into_iter().map(|v| v.observation).collect();
 
         collector_duration.push([("collector", "prow")], prow_elapsed.as_secs_f64());
         collector_success.push(
@@ -274,10 +252,20 @@ impl Cycle {
         let unresolved = job_users.iter().filter(|j| j.identities.is_empty()).count();
         collector_success.push([("collector", "ci")], if ci_ok { 1.0 } else { 0.0 });
 
+        let mut job_users = job_users;
+        let configured: Vec<(String, Vec<String>)> = self
+            .sources
+            .vcenters
+            .iter()
+            .map(|c| (c.host().to_string(), c.config().aliases.clone()))
+            .collect();
+        let unmatched_identities = correlate::route_identities(&mut job_users, &configured);
         let input = CycleInput {
             vcenters,
             prow_up,
             jobs: job_users,
+            unmatched_identities,
+            rules: self.sources.leaks.clone(),
         };
         let mut families = correlate::correlate(&input);
         families.push(collector_duration);
@@ -304,6 +292,7 @@ impl Cycle {
             logins.push([("vcenter", client.host())], client.logins() as f64);
         }
         families.push(logins);
+        families.extend(self.vm_map_families().await);
         for sink in &self.sinks {
             families.extend(sink.self_metrics());
         }
@@ -351,6 +340,57 @@ impl Cycle {
             "Cycle finished"
         );
         CycleReport { snapshot, failures }
+    }
+
+    /// Every vCenter at once, each within the vCenter budget.
+    async fn observe_vcenters(&self) -> GatheredVcenters {
+        let vcenter_timeout = self.sources.vcenter_timeout;
+        let calls = self.sources.vcenters.iter().map(|client| async move {
+            let t0 = Instant::now();
+            let result = tokio::time::timeout(vcenter_timeout, client.observe())
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::Error::Timeout {
+                        what: format!("listing sessions of vCenter {}", client.host()),
+                        timeout: vcenter_timeout,
+                    })
+                });
+            observed(client, result, t0.elapsed())
+        });
+        let vcenters: Vec<ObservedVcenter> = join_all(calls).await;
+        let session_count = vcenters
+            .iter()
+            .filter_map(|v| v.observation.sessions.as_ref())
+            .map(Vec::len)
+            .sum();
+        GatheredVcenters {
+            observations: vcenters,
+            session_count,
+        }
+    }
+
+    /// The VM maps' self-metrics.
+    async fn vm_map_families(&self) -> Vec<MetricFamily> {
+        let mut vms = MetricFamily::gauge(
+            metrics::VM_MAP_VMS,
+            "VMs in the vCenter's guest IP to VM map.",
+        );
+        let mut bytes = MetricFamily::counter(
+            metrics::VM_MAP_RECEIVED_BYTES,
+            "Bytes of WaitForUpdatesEx answers read for the VM map since start.",
+        );
+        let mut full_reads = MetricFamily::counter(
+            metrics::VM_MAP_FULL_READS,
+            "Reads of the VM map from scratch since start (after start, a new login or an error).",
+        );
+        for client in self.sources.vcenters.iter().filter(|c| c.config().vm_map) {
+            let stats = client.vm_map_stats().await;
+            let labels = [("vcenter", client.host())];
+            vms.push(labels, stats.vms as f64);
+            bytes.push(labels, stats.received_bytes as f64);
+            full_reads.push(labels, stats.full_reads as f64);
+        }
+        vec![vms, bytes, full_reads]
     }
 
     /// End of a long-running process: stale markers and group deletion
@@ -408,6 +448,92 @@ impl Cycle {
         }
         failures
     }
+}
+
+/// What the vCenters gave this cycle.
+struct GatheredVcenters {
+    observations: Vec<ObservedVcenter>,
+    session_count: usize,
+}
+
+/// One vCenter's observation with how its collectors fared.
+struct ObservedVcenter {
+    observation: VcenterObservation,
+    elapsed: Duration,
+    /// The listing's failure, already logged.
+    error: Option<String>,
+    /// `None` when the VM map is off.
+    vm_map: Option<(Duration, Option<String>)>,
+}
+
+/// Turn a client's answer into the observation correlate reads, logging a
+/// failure once.
+fn observed(
+    client: &VcenterClient,
+    result: Result<crate::vcenter::Observation, crate::Error>,
+    elapsed: Duration,
+) -> ObservedVcenter {
+    let config = client.config();
+    let mut observation = VcenterObservation {
+        vcenter: client.host().to_string(),
+        session_limit: config.session_limit,
+        reporter: ReporterIdentity {
+            username: correlate::normalize_username(&config.username),
+            user_agent: config.user_agent.clone(),
+        },
+        ..VcenterObservation::default()
+    };
+    match result {
+        Ok(read) => {
+            debug!(vcenter = %client.host(), sessions = read.sessions.len(), "Listed sessions");
+            let vm_map = read.vm_map.map(|r| {
+                (
+                    read.vm_map_elapsed,
+                    r.err()
+                        .map(|e| format!("VM map of vCenter {}: {e}", client.host())),
+                )
+            });
+            observation.sessions = Some(read.sessions);
+            observation.clock = Some(read.clock);
+            observation.vm_names_by_ip = read.vm_names_by_ip;
+            ObservedVcenter {
+                observation,
+                elapsed,
+                error: None,
+                vm_map,
+            }
+        }
+        Err(e) => {
+            error!(vcenter = %client.host(), kind = e.kind(), error = %e, "Listing vCenter sessions failed");
+            ObservedVcenter {
+                observation,
+                elapsed,
+                error: Some(e.to_string()),
+                vm_map: None,
+            }
+        }
+    }
+}
+
+/// `((collector, vcenter), duration, success, failure line)` of each
+/// vCenter's collectors: `vcenter`, and `vm_map` when it is on.
+fn gathered_collectors(
+    vcenters: &[ObservedVcenter],
+) -> Vec<((&'static str, String), Duration, bool, Option<String>)> {
+    let mut out = Vec::new();
+    for v in vcenters {
+        let host = v.observation.vcenter.clone();
+        out.push((
+            ("vcenter", host.clone()),
+            v.elapsed,
+            v.error.is_none(),
+            v.error.clone(),
+        ));
+        if let Some((elapsed, error)) = &v.vm_map {
+            out.push((("vm_map", host), *elapsed, error.is_none(), error.clone()));
+        }
+    }
+    out
 }
 
 /// Families of the same name (one per remote-write target, say) become one

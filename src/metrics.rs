@@ -35,6 +35,27 @@ pub const VCENTER_SESSIONS: &str = "vsphere_ci_user_sessions_vcenter_sessions";
 pub const RUNNING_JOBS: &str = "vsphere_ci_user_sessions_running_jobs";
 /// Running jobs whose CI user could not be worked out (yet) this cycle.
 pub const UNRESOLVED_JOBS: &str = "vsphere_ci_user_sessions_unresolved_jobs";
+/// Sessions of a user and agent proven to belong to a running job, with
+/// the evidence (`attributed_by`: `user_agent` or `vm_ip`).
+pub const JOB_SESSIONS: &str = "vsphere_ci_user_sessions_job_sessions";
+/// Sessions no running job can own, by `reason`.
+pub const ORPHANED: &str = "vsphere_ci_user_sessions_orphaned";
+/// Now minus the oldest login of a user and agent, by the vCenter's clock.
+pub const OLDEST_SESSION_AGE: &str = "vsphere_ci_user_sessions_oldest_session_age_seconds";
+/// Sessions of a user and agent idle longer than the idle threshold.
+pub const IDLE_SESSIONS: &str = "vsphere_ci_user_sessions_idle_sessions";
+/// The configured session limit of a vCenter.
+pub const SESSION_LIMIT: &str = "vsphere_ci_user_sessions_vcenter_session_limit";
+/// 1 per running job and user it logs in as: the join to jobs.
+pub const JOB_INFO: &str = "vsphere_ci_user_sessions_job_info";
+/// CI users naming a vCenter host that matches no configured vCenter.
+pub const UNMATCHED_IDENTITIES: &str = "vsphere_ci_user_sessions_unmatched_identities";
+/// VMs in a vCenter's guest IP -> VM map.
+pub const VM_MAP_VMS: &str = "vsphere_ci_user_sessions_vm_map_vms";
+/// Bytes of `WaitForUpdatesEx` answers read for the VM map since start.
+pub const VM_MAP_RECEIVED_BYTES: &str = "vsphere_ci_user_sessions_vm_map_received_bytes_total";
+/// Reads of the VM map from scratch since start (1 in a steady state).
+pub const VM_MAP_FULL_READS: &str = "vsphere_ci_user_sessions_vm_map_full_reads_total";
 /// Wall time of the last cycle to gather and correlate (publishing follows
 /// the snapshot, so it cannot be in it).
 pub const CYCLE_DURATION: &str = "vsphere_ci_user_sessions_cycle_duration_seconds";

@@ -74,6 +74,7 @@ fn running_job(id: &str, build_id: &str, target: &str) -> RunningJob {
     RunningJob {
         id: id.into(),
         build_id: build_id.into(),
+        start_ms: None,
         job_name: format!("job-{id}"),
         pull_request: String::new(),
         target: target.into(),
@@ -131,6 +132,8 @@ async fn deck_and_the_api_with_unlabelled_jobs_list_the_same_running_vsphere_job
         RunningJob {
             id: "a1b2c3d4-0001".into(),
             build_id: "1861000000000000001".into(),
+            // status.startTime 2026-11-25T09:00:01Z
+            start_ms: Some(1_795_597_201_000),
             job_name: "pull-ci-openshift-installer-main-e2e-vsphere-ovn".into(),
             pull_request: "https://github.com/openshift/installer/pull/9001".into(),
             target: "e2e-vsphere-ovn".into(),

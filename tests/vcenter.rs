@@ -39,6 +39,9 @@ fn config(url: &Url, user: &str, password: &str) -> VcenterConfig {
         ca_file: None,
         insecure: false,
         timeout: Duration::from_secs(10),
+        session_limit: vsphere_ci_session_metrics::vcenter::DEFAULT_SESSION_LIMIT,
+        aliases: Vec::new(),
+        vm_map: true,
     }
 }
 

@@ -139,6 +139,25 @@ pub fn parse_metadata_json(bytes: &[u8]) -> Result<Vec<CiIdentity>, String> {
     Ok(collect(pairs))
 }
 
+/// The top-level `infraID` of `metadata.json`, and nothing else.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct MetadataInfraId {
+    #[serde(rename = "infraID")]
+    infra_id: Option<String>,
+}
+
+/// `metadata.json`'s `infraID` (`ci-op-110jib7j-af877-4p9dw`): the prefix of
+/// the cluster's VM names and the CSI driver's cluster ID. `None` when the
+/// file is not JSON or has none.
+pub fn parse_infra_id(bytes: &[u8]) -> Option<String> {
+    serde_json::from_slice::<MetadataInfraId>(bytes)
+        .ok()?
+        .infra_id
+        .map(|id| id.trim().to_string())
+        .filter(|id| !id.is_empty())
+}
+
 #[derive(Deserialize, Default)]
 #[serde(default)]
 struct PlatformJson {
@@ -295,6 +314,28 @@ mod tests {
                 parse_metadata_json(body.as_bytes()).unwrap(),
                 want,
                 "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_infra_id_is_read_from_metadata_json_alone() {
+        let cases: [(&[u8], Option<&str>); 5] = [
+            (
+                br#"{"clusterName":"c","infraID":"ci-op-110jib7j-af877-4p9dw","vsphere":{"password":"x"}}"#,
+                Some("ci-op-110jib7j-af877-4p9dw"),
+            ),
+            (br#"{"infraID":""}"#, None),
+            (br#"{"vsphere":{}}"#, None),
+            (b"not json", None),
+            (br#"{"infraID": 7}"#, None),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(
+                parse_infra_id(bytes).as_deref(),
+                want,
+                "{}",
+                String::from_utf8_lossy(bytes)
             );
         }
     }

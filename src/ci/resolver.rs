@@ -26,7 +26,10 @@
 //!   vCenters. If that re-read fails or finds no user, the previous answer
 //!   stands until the next interval;
 //! - a job without users (namespace or secret not there yet, an error) is
-//!   looked up from scratch next call.
+//!   looked up again next call: from scratch until its namespace is found,
+//!   then the secret alone. The namespace is reported as soon as it is
+//!   known (leak detection needs every running job's namespace), and
+//!   `metadata.json`'s `infraID` with the users.
 //!
 //! Every answer is fetched as text and deserialized here
 //! ([`crate::kube_client::decode_response`]), never with
@@ -199,11 +202,14 @@ impl std::fmt::Debug for IdentityResolver {
     }
 }
 
-/// A job's users and where they were found.
+/// A job's users and where they were found. An entry with no users yet
+/// remembers the namespace, so the next lookup reads only the secret.
 #[derive(Clone)]
 struct Cached {
     namespace: String,
     identities: Vec<CiIdentity>,
+    /// `infraID` of `metadata.json`, once the install wrote it.
+    infra_id: Option<String>,
     /// From `metadata.json`: never read again while the job runs.
     is_final: bool,
     /// When the secret was last read for this answer.
@@ -212,7 +218,16 @@ struct Cached {
 
 impl Cached {
     fn is_due(&self, interval: Duration) -> bool {
-        !self.is_final && self.checked_at.elapsed() >= interval
+        !self.is_final && (self.identities.is_empty() || self.checked_at.elapsed() >= interval)
+    }
+
+    fn job_users(&self, job: &RunningJob) -> JobUsers {
+        JobUsers {
+            job: job.clone(),
+            identities: self.identities.clone(),
+            namespace: Some(self.namespace.clone()),
+            infra_id: self.infra_id.clone(),
+        }
     }
 }
 
@@ -220,8 +235,9 @@ impl Cached {
 enum Lookup {
     Found(Cached),
     /// Not an error: the namespace or secret does not exist yet, or holds
-    /// no user yet. Tried again next call.
-    NotYet(&'static str),
+    /// no user yet. Tried again next call; the namespace, once found, is
+    /// kept.
+    NotYet(&'static str, Option<String>),
 }
 
 impl IdentityResolver {
@@ -257,7 +273,7 @@ impl IdentityResolver {
     /// jobs not in `jobs` are dropped. Errors are
     /// logged per job and leave that job with its previous answer, if any.
     pub async fn resolve(&self, jobs: &[RunningJob]) -> Vec<JobUsers> {
-        let mut known: HashMap<String, Vec<CiIdentity>> = HashMap::new();
+        let mut known: HashMap<String, Cached> = HashMap::new();
         let mut seen = HashSet::new();
         // Owned jobs: a stream of futures over borrowed jobs trips the
         // compiler's higher-ranked `Send` check when the cycle runs in a
@@ -277,7 +293,7 @@ impl IdentityResolver {
                 match cache.get(&job.id) {
                     Some(entry) if !entry.is_due(self.options.recheck_interval) => {
                         bump(&self.counters.cache_hits);
-                        known.insert(job.id.clone(), entry.identities.clone());
+                        known.insert(job.id.clone(), entry.clone());
                     }
                     entry => todo.push((job.clone(), entry.cloned())),
                 }
@@ -286,24 +302,24 @@ impl IdentityResolver {
         let concurrency = self.options.concurrency.max(1);
         // Each answer goes into the cache as soon as it is found, so a cycle
         // cut short by its deadline keeps what it learnt.
-        let resolved: Vec<(String, Option<Vec<CiIdentity>>)> = futures::stream::iter(todo)
+        let resolved: Vec<(String, Option<Cached>)> = futures::stream::iter(todo)
             .map(|(job, previous)| async move {
                 let found = self.resolve_job(&job, previous.as_ref()).await;
-                let identities = self.remember(&job.id, previous, found);
-                (job.id, identities)
+                let entry = self.remember(&job.id, previous, found);
+                (job.id, entry)
             })
             .buffer_unordered(concurrency)
             .collect()
             .await;
-        for (id, identities) in resolved {
-            if let Some(identities) = identities {
-                known.insert(id, identities);
+        for (id, entry) in resolved {
+            if let Some(entry) = entry {
+                known.insert(id, entry);
             }
         }
         jobs.iter()
-            .map(|job| JobUsers {
-                job: job.clone(),
-                identities: known.get(&job.id).cloned().unwrap_or_default(),
+            .map(|job| match known.get(&job.id) {
+                Some(entry) => entry.job_users(job),
+                None => unknown(job),
             })
             .collect()
     }
@@ -315,18 +331,25 @@ impl IdentityResolver {
         id: &str,
         previous: Option<Cached>,
         found: Option<Cached>,
-    ) -> Option<Vec<CiIdentity>> {
+    ) -> Option<Cached> {
         let previous = previous.map(|p| Cached {
             checked_at: tokio::time::Instant::now(),
             ..p
         });
-        let entry = found.or(previous)?;
-        let identities = entry.identities.clone();
+        // A re-read that found no user never replaces users known before.
+        let entry = match (found, previous) {
+            (Some(found), Some(previous))
+                if found.identities.is_empty() && !previous.identities.is_empty() =>
+            {
+                previous
+            }
+            (found, previous) => found.or(previous)?,
+        };
         self.cache
             .lock()
             .expect("resolver cache lock is never poisoned")
-            .insert(id.to_string(), entry);
-        Some(identities)
+            .insert(id.to_string(), entry.clone());
+        Some(entry)
     }
 
     /// The users the cache holds for each job, without any API call: what a
@@ -337,12 +360,9 @@ impl IdentityResolver {
             .lock()
             .expect("resolver cache lock is never poisoned");
         jobs.iter()
-            .map(|job| JobUsers {
-                job: job.clone(),
-                identities: cache
-                    .get(&job.id)
-                    .map(|entry| entry.identities.clone())
-                    .unwrap_or_default(),
+            .map(|job| match cache.get(&job.id) {
+                Some(entry) => entry.job_users(job),
+                None => unknown(job),
             })
             .collect()
     }
@@ -351,7 +371,7 @@ impl IdentityResolver {
     /// answer) by re-reading its secret. `None` when nothing was found.
     async fn resolve_job(&self, job: &RunningJob, previous: Option<&Cached>) -> Option<Cached> {
         let namespace = previous.map(|p| p.namespace.as_str());
-        if namespace.is_some() {
+        if previous.is_some_and(|p| !p.identities.is_empty()) {
             bump(&self.counters.rechecks);
         }
         match self.lookup(job, namespace).await {
@@ -365,9 +385,15 @@ impl IdentityResolver {
                 );
                 Some(found)
             }
-            Ok(Lookup::NotYet(why)) => {
+            Ok(Lookup::NotYet(why, namespace)) => {
                 tracing::debug!(cluster = %self.cluster, job = %job.id, reason = why, "CI users not known yet");
-                None
+                namespace.map(|namespace| Cached {
+                    namespace,
+                    identities: Vec::new(),
+                    infra_id: None,
+                    is_final: false,
+                    checked_at: tokio::time::Instant::now(),
+                })
             }
             Err(error) => {
                 bump(&self.counters.failures);
@@ -389,17 +415,24 @@ impl IdentityResolver {
             Some(ns) => ns.to_string(),
             None => match self.find_namespace(job).await? {
                 Some(ns) => ns,
-                None => return Ok(Lookup::NotYet("no ci-op namespace yet")),
+                None => return Ok(Lookup::NotYet("no ci-op namespace yet", None)),
             },
         };
         let Some(secret) = self.read_secret(&namespace, &job.target).await? else {
-            return Ok(Lookup::NotYet("no CI secret yet"));
+            return Ok(Lookup::NotYet("no CI secret yet", Some(namespace)));
         };
         match profile::users_from_files(|key| secret.data.file(key)) {
-            Ok(None) => Ok(Lookup::NotYet("no user in the CI secret yet")),
+            Ok(None) => Ok(Lookup::NotYet(
+                "no user in the CI secret yet",
+                Some(namespace),
+            )),
             Ok(Some(users)) => Ok(Lookup::Found(Cached {
                 is_final: users.is_final(),
                 identities: users.identities,
+                infra_id: secret
+                    .data
+                    .file(profile::FINAL_FILE)
+                    .and_then(profile::parse_infra_id),
                 namespace,
                 checked_at: tokio::time::Instant::now(),
             })),
@@ -550,6 +583,16 @@ impl IdentityResolver {
     }
 }
 
+/// A job nothing is known of yet.
+fn unknown(job: &RunningJob) -> JobUsers {
+    JobUsers {
+        job: job.clone(),
+        identities: Vec::new(),
+        namespace: None,
+        infra_id: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -557,7 +600,11 @@ mod tests {
     fn cached(is_final: bool) -> Cached {
         Cached {
             namespace: "ci-op-x".into(),
-            identities: Vec::new(),
+            identities: vec![CiIdentity {
+                vcenter: "vc".into(),
+                username: "u".into(),
+            }],
+            infra_id: None,
             is_final,
             checked_at: tokio::time::Instant::now(),
         }

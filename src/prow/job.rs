@@ -81,6 +81,8 @@ pub struct Container {
 pub struct Status {
     pub state: Option<String>,
     pub build_id: Option<String>,
+    #[serde(rename = "startTime")]
+    pub start_time: Option<String>,
 }
 
 impl ProwJob {
@@ -167,9 +169,15 @@ impl ProwJob {
             .and_then(|r| r.pulls.as_ref())
             .and_then(|p| p.iter().find_map(|pull| pull.link.clone()))
             .unwrap_or_default();
+        let start_ms = self
+            .status
+            .start_time
+            .as_deref()
+            .and_then(crate::vcenter::parse_time_ms);
         Some(RunningJob {
             id,
             build_id,
+            start_ms,
             job_name,
             pull_request,
             target,
@@ -218,7 +226,7 @@ mod tests {
                     {"args": ["--target=other"]}
                 ]}
             },
-            "status": {"state": "pending", "build_id": "status-id"}
+            "status": {"state": "pending", "build_id": "status-id", "startTime": "2026-11-25T09:00:01Z"}
         })
     }
 
@@ -230,6 +238,8 @@ mod tests {
             Some(RunningJob {
                 id: "abc-123".into(),
                 build_id: "1790".into(),
+                // 2026-11-25T09:00:01Z
+                start_ms: Some(1_795_597_201_000),
                 job_name: "pull-ci-x-e2e-vsphere".into(),
                 pull_request: "https://github.com/o/r/pull/1".into(),
                 target: "e2e-vsphere-ovn".into(),

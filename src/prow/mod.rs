@@ -23,6 +23,10 @@ pub struct RunningJob {
     pub id: String,
     /// Label `prow.k8s.io/build-id`, else `status.build_id`.
     pub build_id: String,
+    /// `status.startTime` (Prow's clock), milliseconds since the Unix epoch;
+    /// `None` when absent or unreadable. A session that logged in well
+    /// before every job of its user started belongs to none of them.
+    pub start_ms: Option<i64>,
     /// Annotation `prow.k8s.io/job`, else `spec.job`.
     pub job_name: String,
     /// First `spec.refs.pulls[].link`, empty for periodic jobs.

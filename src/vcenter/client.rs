@@ -38,7 +38,9 @@ use url::Url;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
-use super::soap::{self, Fault, Reply, ServiceContent, SessionPage};
+use super::soap::{self, Fault, MoRef, Reply, ServiceContent, SessionPage};
+use super::updates;
+use super::vm_map::{VmMap, VmMapStats};
 use super::{UserSession, VcenterConfig};
 use crate::error::{Error, error_chain, truncate_body};
 use crate::secret::Secret;
@@ -52,6 +54,62 @@ const DEFAULT_API_VERSION: &str = "8.0.1.0";
 
 /// Error bodies are cut to this many bytes.
 const MAX_ERROR_BODY: usize = 1024;
+
+/// Objects asked per `WaitForUpdatesEx` answer: a first read of 10,000 VMs
+/// comes in ten answers of a few hundred KB rather than one of several MB.
+const MAX_OBJECT_UPDATES: u32 = 1000;
+
+/// `WaitForUpdatesEx` answers read per cycle. A backlog larger than this
+/// (over 100,000 changed VMs) is finished next cycle: the map is consistent
+/// at every version, so stopping between answers is safe.
+const MAX_UPDATE_PAGES: usize = 100;
+
+/// What one cycle read from a vCenter.
+#[derive(Debug)]
+pub struct Observation {
+    /// Every session, the reporter's own included.
+    pub sessions: Vec<UserSession>,
+    pub clock: VcenterClock,
+    /// For each session address that is a VM's guest IP: the VM names.
+    /// Empty when the VM map is off or could not be read.
+    pub vm_names_by_ip: std::collections::HashMap<String, Vec<String>>,
+    /// `None` when the VM map is off; else whether it is current.
+    pub vm_map: Option<Result<(), Error>>,
+    /// Time the VM map refresh took (zero when off).
+    pub vm_map_elapsed: Duration,
+}
+
+/// The vCenter's clock (`CurrentTime`) and the local clock at the same
+/// moment, so vCenter times are compared with the vCenter's "now" and
+/// converted to local time by the measured offset, never compared with the
+/// local clock directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VcenterClock {
+    /// `CurrentTime`, milliseconds since the Unix epoch.
+    pub vcenter_ms: i64,
+    /// Local time halfway through the `CurrentTime` request.
+    pub local_ms: i64,
+}
+
+impl VcenterClock {
+    /// How far the vCenter's clock is ahead of the local one.
+    pub fn offset_ms(&self) -> i64 {
+        self.vcenter_ms - self.local_ms
+    }
+}
+
+/// The property collector, view and filter feeding the VM map. They live
+/// in the session that made them: a new login needs new ones.
+#[derive(Default)]
+struct VmWatch {
+    /// Generation of the session the objects below belong to.
+    generation: u64,
+    collector: Option<MoRef>,
+    view: Option<MoRef>,
+    /// The filter was made: updates can be read.
+    ready: bool,
+    map: VmMap,
+}
 
 /// A SOAP client for one vCenter holding one reused session. `Send + Sync`:
 /// share it behind an `Arc`.
@@ -70,6 +128,8 @@ struct Inner {
     /// `logout` waits for a login in flight; calls themselves run without it.
     state: Arc<Mutex<State>>,
     logins: AtomicU64,
+    /// Held while the VM map is read or rebuilt.
+    vm_watch: Mutex<VmWatch>,
 }
 
 #[derive(Default)]
@@ -186,6 +246,7 @@ impl VcenterClient {
                 http,
                 state: Arc::new(Mutex::new(State::default())),
                 logins: AtomicU64::new(0),
+                vm_watch: Mutex::new(VmWatch::default()),
             }),
         })
     }
@@ -193,6 +254,11 @@ impl VcenterClient {
     /// The `vcenter` label value (config.host).
     pub fn host(&self) -> &str {
         &self.inner.config.host
+    }
+
+    /// The settings this client was made with.
+    pub fn config(&self) -> &VcenterConfig {
+        &self.inner.config
     }
 
     /// Successful logins since start (1 in a steady state).
@@ -218,6 +284,71 @@ impl VcenterClient {
             }
             other => other,
         }
+    }
+
+    /// One cycle's read: the vCenter's clock, every session and (when the
+    /// VM map is on) the VMs behind the sessions' addresses. A session the
+    /// vCenter no longer knows is replaced once. A VM map failure does not
+    /// fail the observation: it is reported in [`Observation::vm_map`] and
+    /// the map is read from scratch next time.
+    pub async fn observe(&self) -> Result<Observation, Error> {
+        let inner = &self.inner;
+        let session = self.session(None).await?;
+        let (session, (clock, sessions)) = match inner.read_clock_and_sessions(&session).await {
+            Err(Error::NotAuthenticated { .. }) => {
+                warn!(
+                    vcenter = %inner.config.host,
+                    user = %inner.config.username,
+                    "vCenter session expired, logging in again"
+                );
+                let renewed = self.session(Some(session.generation)).await?;
+                let read = inner.read_clock_and_sessions(&renewed).await?;
+                (renewed, read)
+            }
+            other => (session, other?),
+        };
+        let mut observation = Observation {
+            sessions,
+            clock,
+            vm_names_by_ip: Default::default(),
+            vm_map: None,
+            vm_map_elapsed: Duration::ZERO,
+        };
+        if inner.config.vm_map {
+            let started = Instant::now();
+            let mut watch = inner.vm_watch.lock().await;
+            let result = inner.refresh_vm_map(&mut watch, &session).await;
+            if let Err(e) = &result {
+                warn!(vcenter = %inner.config.host, error = %e, "Reading the VM map failed, reading it from scratch next cycle");
+                watch.ready = false;
+                watch.map.reset();
+            } else {
+                for session in &observation.sessions {
+                    if observation.vm_names_by_ip.contains_key(&session.ip_address) {
+                        continue;
+                    }
+                    let names = watch.map.names_for(&session.ip_address);
+                    if !names.is_empty() {
+                        observation
+                            .vm_names_by_ip
+                            .insert(session.ip_address.clone(), names);
+                    }
+                }
+            }
+            observation.vm_map = Some(result);
+            observation.vm_map_elapsed = started.elapsed();
+        }
+        Ok(observation)
+    }
+
+    /// Counters of the VM map (zero when it is off).
+    pub async fn vm_map_stats(&self) -> VmMapStats {
+        self.inner.vm_watch.lock().await.map.stats()
+    }
+
+    /// Every VM of the map as (name, guest addresses), sorted by name.
+    pub async fn vm_map_entries(&self) -> Vec<(String, Vec<String>)> {
+        self.inner.vm_watch.lock().await.map.entries()
     }
 
     /// Logs out of the session, if any (no-op otherwise). Called on shutdown.
@@ -435,6 +566,158 @@ impl Inner {
         }
     }
 
+    /// `CurrentTime`, then every session, with one session.
+    async fn read_clock_and_sessions(
+        &self,
+        session: &Session,
+    ) -> Result<(VcenterClock, Vec<UserSession>), Error> {
+        let clock = self.current_time(session).await?;
+        let sessions = self.retrieve_all(session).await?;
+        Ok((clock, sessions))
+    }
+
+    async fn current_time(&self, session: &Session) -> Result<VcenterClock, Error> {
+        let before = unix_ms();
+        let exchange = self
+            .call(
+                "CurrentTime",
+                &session.content.api_version,
+                Some(&session.cookie),
+                soap::current_time(),
+            )
+            .await?;
+        let after = unix_ms();
+        let text = self.reply(exchange, soap::parse_current_time)?;
+        let vcenter_ms = super::parse_time_ms(&text).ok_or_else(|| Error::SoapParse {
+            host: self.config.host.clone(),
+            message: "CurrentTime is not an ISO 8601 time".into(),
+        })?;
+        Ok(VcenterClock {
+            vcenter_ms,
+            local_ms: before + (after - before) / 2,
+        })
+    }
+
+    /// Brings the VM map up to date: (re)creates the collector, view and
+    /// filter when the session changed or an earlier read failed, then
+    /// reads what changed since the map's version.
+    async fn refresh_vm_map(&self, watch: &mut VmWatch, session: &Session) -> Result<(), Error> {
+        if !watch.ready || watch.generation != session.generation {
+            self.watch_vms(watch, session).await?;
+        }
+        let collector = watch
+            .collector
+            .clone()
+            .expect("a ready VM watch has a property collector");
+        for _ in 0..MAX_UPDATE_PAGES {
+            let exchange = self
+                .call(
+                    "WaitForUpdatesEx",
+                    &session.content.api_version,
+                    Some(&session.cookie),
+                    soap::wait_for_updates(&collector, watch.map.version(), MAX_OBJECT_UPDATES),
+                )
+                .await?;
+            watch.map.count_bytes(exchange.body.len());
+            let page = self.reply(exchange, updates::parse_update_page)?;
+            let truncated = page.truncated;
+            watch.map.apply(page);
+            if !truncated {
+                return Ok(());
+            }
+        }
+        debug!(vcenter = %self.config.host, pages = MAX_UPDATE_PAGES, "VM map backlog continues next cycle");
+        Ok(())
+    }
+
+    /// A private property collector with a filter over a view of every VM.
+    /// Objects left by an earlier attempt in the same session are
+    /// destroyed first, so failures never pile objects up on the vCenter.
+    async fn watch_vms(&self, watch: &mut VmWatch, session: &Session) -> Result<(), Error> {
+        let content = &session.content;
+        let version = content.api_version.as_str();
+        let cookie = Some(&session.cookie);
+        if watch.generation == session.generation {
+            if let Some(collector) = watch.collector.take() {
+                self.destroy(session, "DestroyPropertyCollector", &collector)
+                    .await;
+            }
+            if let Some(view) = watch.view.take() {
+                self.destroy(session, "DestroyView", &view).await;
+            }
+        }
+        watch.collector = None;
+        watch.view = None;
+        watch.ready = false;
+        watch.generation = session.generation;
+        watch.map.reset();
+        let (Some(root), Some(view_manager)) = (&content.root_folder, &content.view_manager) else {
+            return Err(Error::SoapParse {
+                host: self.config.host.clone(),
+                message: "the service content names no rootFolder or viewManager".into(),
+            });
+        };
+        let exchange = self
+            .call(
+                "CreatePropertyCollector",
+                version,
+                cookie,
+                soap::create_property_collector(&content.property_collector),
+            )
+            .await?;
+        let collector = self.reply(exchange, |xml| {
+            soap::parse_moref(xml, "CreatePropertyCollectorResponse")
+        })?;
+        watch.collector = Some(collector.clone());
+        let exchange = self
+            .call(
+                "CreateContainerView",
+                version,
+                cookie,
+                soap::create_vm_view(view_manager, root),
+            )
+            .await?;
+        let view = self.reply(exchange, |xml| {
+            soap::parse_moref(xml, "CreateContainerViewResponse")
+        })?;
+        watch.view = Some(view.clone());
+        let exchange = self
+            .call(
+                "CreateFilter",
+                version,
+                cookie,
+                soap::create_vm_filter(&collector, &view),
+            )
+            .await?;
+        self.reply(exchange, |xml| {
+            soap::parse_moref(xml, "CreateFilterResponse")
+        })?;
+        watch.ready = true;
+        watch.map.count_full_read();
+        debug!(vcenter = %self.config.host, "Watching VMs for the VM map");
+        Ok(())
+    }
+
+    /// Best effort: a failure leaves the object to die with the session.
+    async fn destroy(&self, session: &Session, method: &'static str, object: &MoRef) {
+        let response = format!("{method}Response");
+        let result = match self
+            .call(
+                method,
+                &session.content.api_version,
+                Some(&session.cookie),
+                soap::destroy(method, object),
+            )
+            .await
+        {
+            Ok(exchange) => self.reply(exchange, |xml| soap::parse_empty(xml, &response)),
+            Err(e) => Err(e.into()),
+        };
+        if let Err(e) = result {
+            debug!(vcenter = %self.config.host, method, error = %e, "Destroying a VM map object failed");
+        }
+    }
+
     /// Every page of `sessionList` with one session.
     async fn retrieve_all(&self, session: &Session) -> Result<Vec<UserSession>, Error> {
         let content = &session.content;
@@ -620,6 +903,14 @@ impl Inner {
         text.replace(password, "<redacted>")
             .replace(escaped.as_ref(), "<redacted>")
     }
+}
+
+/// Local time, milliseconds since the Unix epoch.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 /// `<url>/sdk` without user info; a URL already ending in `/sdk` is kept.

@@ -8,11 +8,16 @@
 //!
 //! - [`client`]: [`VcenterClient`], the session lifecycle over HTTP.
 //! - [`soap`]: request envelopes and the streaming response parser.
+//! - [`updates`]: the `WaitForUpdatesEx` answer parser.
+//! - [`vm_map`]: guest IP -> VM name, kept current incrementally.
 
 pub mod client;
 pub mod soap;
+pub mod updates;
+pub mod vm_map;
 
-pub use client::VcenterClient;
+pub use client::{Observation, VcenterClient, VcenterClock};
+pub use vm_map::VmMapStats;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -40,6 +45,26 @@ pub struct VcenterConfig {
     pub insecure: bool,
     /// Deadline of one SOAP request.
     pub timeout: Duration,
+    /// The vCenter's session limit (its `maxSessionCount`; 3000 on 8.0U3),
+    /// exported so alerts compare the session count with it.
+    pub session_limit: u64,
+    /// Other host names or addresses CI files use for this vCenter
+    /// (normalised like [`host`](Self::host)).
+    pub aliases: Vec<String>,
+    /// Keep the guest IP -> VM map (`leaks.vm_attribution`).
+    pub vm_map: bool,
+}
+
+/// The default of `vcenters[].session_limit`: vCenter 8.0U3's
+/// `maxSessionCount`.
+pub const DEFAULT_SESSION_LIMIT: u64 = 3000;
+
+/// A vim25 `xsd:dateTime` (`2026-12-02T04:02:11.123456Z`, any offset) as
+/// milliseconds since the Unix epoch; `None` when it does not parse.
+pub fn parse_time_ms(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// One entry of `SessionManager.sessionList` (vim25 `UserSession`).
@@ -57,4 +82,7 @@ pub struct UserSession {
     /// Empty when the client sent none.
     pub user_agent: String,
     pub call_count: i64,
+    /// A session an extension (a vCenter solution) opened for itself: never
+    /// a CI job's, so never counted as leaked.
+    pub extension_session: bool,
 }

@@ -10,8 +10,11 @@
 //! Follows SOAP 1.1 (<https://www.w3.org/TR/2000/NOTE-SOAP-20000508/>) and the
 //! vim25 API reference
 //! (<https://developer.broadcom.com/xapis/vsphere-web-services-api/latest/>):
-//! `ServiceInstance.RetrieveServiceContent`, `SessionManager.Login`/`Logout`,
-//! `PropertyCollector.RetrievePropertiesEx`/`ContinueRetrievePropertiesEx`.
+//! `ServiceInstance.RetrieveServiceContent`/`CurrentTime`,
+//! `SessionManager.Login`/`Logout`,
+//! `PropertyCollector.RetrievePropertiesEx`/`ContinueRetrievePropertiesEx`,
+//! and, for the VM map ([`super::updates`]), `ViewManager.CreateContainerView`,
+//! `PropertyCollector.CreatePropertyCollector`/`CreateFilter`/`WaitForUpdatesEx`.
 //!
 //! This module is public only so the benchmark and tests can reach the parser;
 //! the client in [`super::client`] is its one real user.
@@ -45,6 +48,11 @@ pub struct MoRef {
 pub struct ServiceContent {
     pub session_manager: MoRef,
     pub property_collector: MoRef,
+    /// The inventory's root folder: the container of the VM view. `None`
+    /// when the vCenter did not send one (the VM map is then unavailable).
+    pub root_folder: Option<MoRef>,
+    /// Makes the `ContainerView` the VM map watches.
+    pub view_manager: Option<MoRef>,
     /// `about.apiVersion`, e.g. `8.0.3.0`; sent back in `SOAPAction`.
     pub api_version: String,
 }
@@ -159,6 +167,93 @@ pub fn continue_retrieve(property_collector: &MoRef, token: &str) -> String {
     ))
 }
 
+/// `CurrentTime`: the vCenter's clock, against which session times are read.
+pub fn current_time() -> String {
+    envelope(
+        r#"<CurrentTime xmlns="urn:vim25"><_this type="ServiceInstance">ServiceInstance</_this></CurrentTime>"#,
+    )
+}
+
+/// `CreatePropertyCollector`: a collector of the session's own, so the VM
+/// map's filter and update versions are never shared with anything else.
+pub fn create_property_collector(property_collector: &MoRef) -> String {
+    envelope(&format!(
+        r#"<CreatePropertyCollector xmlns="urn:vim25">{}</CreatePropertyCollector>"#,
+        this(property_collector)
+    ))
+}
+
+/// `CreateContainerView` of every `VirtualMachine` below `container`.
+pub fn create_vm_view(view_manager: &MoRef, container: &MoRef) -> String {
+    envelope(&format!(
+        concat!(
+            r#"<CreateContainerView xmlns="urn:vim25">{}<container type="{}">{}</container>"#,
+            "<type>VirtualMachine</type><recursive>true</recursive></CreateContainerView>"
+        ),
+        this(view_manager),
+        escape(container.kind.as_str()),
+        escape(container.value.as_str())
+    ))
+}
+
+/// The VM properties the map keeps: the name and both guest IP properties.
+/// `guest.net` cannot be narrowed to its `ipAddress` fields (property paths
+/// do not index arrays), so the whole NIC list travels when it changes.
+pub const VM_PROPERTIES: [&str; 3] = ["name", "guest.ipAddress", "guest.net"];
+
+/// `CreateFilter` over the VMs of `view` (a `ContainerView`), reporting
+/// [`VM_PROPERTIES`]; `partialUpdates` false so a change carries the whole
+/// new value of each property.
+pub fn create_vm_filter(property_collector: &MoRef, view: &MoRef) -> String {
+    let paths: String = VM_PROPERTIES
+        .iter()
+        .map(|p| format!("<pathSet>{p}</pathSet>"))
+        .collect();
+    envelope(&format!(
+        concat!(
+            r#"<CreateFilter xmlns="urn:vim25">{}<spec><propSet><type>VirtualMachine</type><all>false</all>{}</propSet>"#,
+            r#"<objectSet><obj type="{}">{}</obj><skip>true</skip>"#,
+            r#"<selectSet xsi:type="TraversalSpec"><name>view</name><type>ContainerView</type><path>view</path><skip>false</skip></selectSet>"#,
+            "</objectSet></spec><partialUpdates>false</partialUpdates></CreateFilter>"
+        ),
+        this(property_collector),
+        paths,
+        escape(view.kind.as_str()),
+        escape(view.value.as_str())
+    ))
+}
+
+/// `WaitForUpdatesEx` that never waits (`maxWaitSeconds` 0): what changed
+/// since `version` (everything when `None`), at most about
+/// `max_object_updates` objects per answer.
+pub fn wait_for_updates(
+    property_collector: &MoRef,
+    version: Option<&str>,
+    max_object_updates: u32,
+) -> String {
+    let version = version
+        .map(|v| format!("<version>{}</version>", escape(v)))
+        .unwrap_or_default();
+    envelope(&format!(
+        concat!(
+            r#"<WaitForUpdatesEx xmlns="urn:vim25">{}{}<options><maxWaitSeconds>0</maxWaitSeconds>"#,
+            "<maxObjectUpdates>{}</maxObjectUpdates></options></WaitForUpdatesEx>"
+        ),
+        this(property_collector),
+        version,
+        max_object_updates
+    ))
+}
+
+/// A method that takes only `_this` and returns nothing
+/// (`DestroyPropertyCollector`, `DestroyView`).
+pub fn destroy(method: &str, object: &MoRef) -> String {
+    envelope(&format!(
+        r#"<{method} xmlns="urn:vim25">{}</{method}>"#,
+        this(object)
+    ))
+}
+
 /// `Logout` of the session named by the request's cookie.
 pub fn logout(session_manager: &MoRef) -> String {
     envelope(&format!(
@@ -182,6 +277,8 @@ pub fn parse_service_content(xml: &[u8]) -> Result<Reply<ServiceContent>, ParseE
         Ok(ServiceContent {
             session_manager: sm,
             property_collector: pc,
+            root_folder: doc.root_folder,
+            view_manager: doc.view_manager,
             api_version: doc.api_version.unwrap_or_default(),
         })
     })
@@ -190,6 +287,33 @@ pub fn parse_service_content(xml: &[u8]) -> Result<Reply<ServiceContent>, ParseE
 /// Parses a `Login` response (its `UserSession` is not needed).
 pub fn parse_login(xml: &[u8]) -> Result<Reply<()>, ParseError> {
     Document::parse(xml, "LoginResponse")?.reply(|_| Ok(()))
+}
+
+/// Parses a `CurrentTime` response: the vCenter's time as sent (ISO 8601).
+pub fn parse_current_time(xml: &[u8]) -> Result<Reply<String>, ParseError> {
+    Document::parse(xml, "CurrentTimeResponse")?.reply(|doc| {
+        doc.returnval
+            .map(|r| r.value)
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| ParseError("CurrentTime returned no time".into()))
+    })
+}
+
+/// Parses the response of a method returning one managed object reference
+/// (`CreateContainerView`, `CreatePropertyCollector`, `CreateFilter`):
+/// `response` names its response element.
+pub fn parse_moref(xml: &[u8], response: &str) -> Result<Reply<MoRef>, ParseError> {
+    Document::parse(xml, response)?.reply(|doc| {
+        doc.returnval
+            .filter(|r| !r.value.is_empty() && !r.kind.is_empty())
+            .ok_or_else(|| ParseError(format!("{response} returned no object reference")))
+    })
+}
+
+/// Parses the empty response of a method returning nothing; `response`
+/// names its element (`DestroyViewResponse`).
+pub fn parse_empty(xml: &[u8], response: &str) -> Result<Reply<()>, ParseError> {
+    Document::parse(xml, response)?.reply(|_| Ok(()))
 }
 
 /// Parses a `Logout` response.
@@ -223,7 +347,12 @@ struct Document {
     fault: Option<Fault>,
     session_manager: Option<MoRef>,
     property_collector: Option<MoRef>,
+    root_folder: Option<MoRef>,
+    view_manager: Option<MoRef>,
     api_version: Option<String>,
+    /// Text of a `returnval` leaf (`CurrentTime`) and its `type`
+    /// attribute (methods returning a managed object reference).
+    returnval: Option<MoRef>,
     page: SessionPage,
 }
 
@@ -307,6 +436,24 @@ impl Document {
                         ["returnval", "propertyCollector"] => {
                             doc.property_collector = Some(MoRef {
                                 kind: type_attr.unwrap_or_else(|| "PropertyCollector".into()),
+                                value: String::new(),
+                            });
+                        }
+                        ["returnval", "rootFolder"] => {
+                            doc.root_folder = Some(MoRef {
+                                kind: type_attr.unwrap_or_else(|| "Folder".into()),
+                                value: String::new(),
+                            });
+                        }
+                        ["returnval", "viewManager"] => {
+                            doc.view_manager = Some(MoRef {
+                                kind: type_attr.unwrap_or_else(|| "ViewManager".into()),
+                                value: String::new(),
+                            });
+                        }
+                        ["returnval"] => {
+                            doc.returnval = Some(MoRef {
+                                kind: type_attr.unwrap_or_default(),
                                 value: String::new(),
                             });
                         }
@@ -395,6 +542,21 @@ impl Document {
                                 m.value = text.trim().to_string();
                             }
                         }
+                        ["returnval", "rootFolder"] => {
+                            if let Some(m) = doc.root_folder.as_mut() {
+                                m.value = text.trim().to_string();
+                            }
+                        }
+                        ["returnval", "viewManager"] => {
+                            if let Some(m) = doc.view_manager.as_mut() {
+                                m.value = text.trim().to_string();
+                            }
+                        }
+                        ["returnval"] => {
+                            if let Some(m) = doc.returnval.as_mut() {
+                                m.value = text.trim().to_string();
+                            }
+                        }
                         ["returnval", "about", "apiVersion"] => {
                             doc.api_version = Some(text.trim().to_string());
                         }
@@ -420,6 +582,7 @@ fn empty_session() -> UserSession {
         ip_address: String::new(),
         user_agent: String::new(),
         call_count: 0,
+        extension_session: false,
     }
 }
 
@@ -433,13 +596,14 @@ fn set_session_field(s: &mut UserSession, field: &str, text: &str) -> Result<(),
         "lastActiveTime" => s.last_active_time = value(),
         "ipAddress" => s.ip_address = value(),
         "userAgent" => s.user_agent = value(),
+        "extensionSession" => s.extension_session = text.trim() == "true",
         "callCount" => {
             s.call_count = text
                 .trim()
                 .parse()
                 .map_err(|_| ParseError("UserSession callCount is not an integer".into()))?;
         }
-        // locale, messageLocale, extensionSession and future fields.
+        // locale, messageLocale and future fields.
         _ => {}
     }
     Ok(())
@@ -452,7 +616,7 @@ fn local_part(qname: &str) -> &str {
 
 /// Which namespace an element is in, as far as this parser cares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ns {
+pub(super) enum Ns {
     SoapEnv,
     Vim25,
     /// No namespace (SOAP's `faultcode`, `faultstring`, `detail`).
@@ -460,13 +624,13 @@ enum Ns {
     Other,
 }
 
-struct Elem {
-    ns: Ns,
-    local: String,
+pub(super) struct Elem {
+    pub(super) ns: Ns,
+    pub(super) local: String,
 }
 
 /// The path below `soapenv:Envelope/soapenv:Body`, if `path` is inside it.
-fn body_path(path: &[Elem]) -> Option<&[Elem]> {
+pub(super) fn body_path(path: &[Elem]) -> Option<&[Elem]> {
     match path {
         [env, body, rest @ ..]
             if env.ns == Ns::SoapEnv
@@ -481,7 +645,7 @@ fn body_path(path: &[Elem]) -> Option<&[Elem]> {
 }
 
 /// Whether `body` is `soapenv:Fault` followed by unqualified `rest` (`*` matches any name).
-fn matches_fault(body: &[Elem], rest: &[&str]) -> bool {
+pub(super) fn matches_fault(body: &[Elem], rest: &[&str]) -> bool {
     let Some((fault, tail)) = body.split_first() else {
         return false;
     };
@@ -497,16 +661,17 @@ fn matches_fault(body: &[Elem], rest: &[&str]) -> bool {
 /// Local names below the vim25 `<response>` element, if `body` is inside it.
 /// Children are matched in vim25 or no namespace: they inherit the default
 /// namespace on real servers but are unqualified when a prefix is used.
-fn response_path<'a>(body: &'a [Elem], response: &str) -> Option<RelPath<'a>> {
+pub(super) fn response_path<'a>(body: &'a [Elem], response: &str) -> Option<RelPath<'a>> {
     let (first, rest) = body.split_first()?;
     if response.is_empty() || first.ns != Ns::Vim25 || first.local != response {
         return None;
     }
-    // Nothing of interest lies deeper than six levels below the response.
-    if rest.len() > 6 || rest.iter().any(|e| e.ns != Ns::Vim25 && e.ns != Ns::None) {
+    // Nothing of interest lies deeper than this below the response (a
+    // guest NIC's address in an update set is seven levels down).
+    if rest.len() > MAX_DEPTH || rest.iter().any(|e| e.ns != Ns::Vim25 && e.ns != Ns::None) {
         return None;
     }
-    let mut names = [""; 6];
+    let mut names = [""; MAX_DEPTH];
     for (name, e) in names.iter_mut().zip(rest) {
         *name = e.local.as_str();
     }
@@ -516,19 +681,22 @@ fn response_path<'a>(body: &'a [Elem], response: &str) -> Option<RelPath<'a>> {
     })
 }
 
+/// Deepest path below a response element that any parser looks at.
+const MAX_DEPTH: usize = 8;
+
 /// Local names below the response element, without allocating per event.
-struct RelPath<'a> {
-    names: [&'a str; 6],
+pub(super) struct RelPath<'a> {
+    names: [&'a str; MAX_DEPTH],
     len: usize,
 }
 
 impl<'a> RelPath<'a> {
-    fn as_slice(&self) -> &[&'a str] {
+    pub(super) fn as_slice(&self) -> &[&'a str] {
         &self.names[..self.len]
     }
 }
 
-enum Step {
+pub(super) enum Step {
     /// An element opened; `Parser::path` ends with it.
     Open {
         /// Local part of its `xsi:type` attribute (any prefix bound to the XSI namespace).
@@ -543,20 +711,20 @@ enum Step {
 
 /// A thin layer over quick-xml's `NsReader` keeping the path of open
 /// elements (resolved names) and the current text.
-struct Parser<'x> {
+pub(super) struct Parser<'x> {
     reader: NsReader<&'x [u8]>,
     /// Open elements, outermost first.
-    path: Vec<Elem>,
+    pub(super) path: Vec<Elem>,
     /// Names of elements closed earlier, kept to reuse their allocation.
     spare: Vec<String>,
-    text: String,
+    pub(super) text: String,
     /// The last step was a `Close`: pop its element before reading on.
     pop_pending: bool,
-    saw_envelope: bool,
+    pub(super) saw_envelope: bool,
 }
 
 impl<'x> Parser<'x> {
-    fn new(xml: &'x [u8]) -> Self {
+    pub(super) fn new(xml: &'x [u8]) -> Self {
         let mut reader = NsReader::from_reader(xml);
         let config = reader.config_mut();
         config.expand_empty_elements = true;
@@ -571,14 +739,14 @@ impl<'x> Parser<'x> {
         }
     }
 
-    fn error(&self, what: impl fmt::Display) -> ParseError {
+    pub(super) fn error(&self, what: impl fmt::Display) -> ParseError {
         ParseError(format!(
             "{what} (at byte {})",
             self.reader.buffer_position()
         ))
     }
 
-    fn next(&mut self) -> Result<Option<Step>, ParseError> {
+    pub(super) fn next(&mut self) -> Result<Option<Step>, ParseError> {
         if self.pop_pending {
             self.pop_pending = false;
             if let Some(elem) = self.path.pop() {
@@ -712,6 +880,7 @@ mod tests {
                 user_agent: "openshift-install/4.16.0 govmomi/0.34.2 (go1.21.9; linux; amd64)"
                     .into(),
                 call_count: 1431,
+                extension_session: false,
             }
         );
     }
@@ -805,6 +974,14 @@ mod tests {
                     kind: "PropertyCollector".into(),
                     value: "propertyCollector".into()
                 },
+                root_folder: Some(MoRef {
+                    kind: "Folder".into(),
+                    value: "group-d1".into()
+                }),
+                view_manager: Some(MoRef {
+                    kind: "ViewManager".into(),
+                    value: "ViewManager".into()
+                }),
                 api_version: "8.0.3.0".into(),
             }
         );
