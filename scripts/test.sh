@@ -21,6 +21,9 @@ cargo fmt --all -- --check
 log "promtool check rules config/alerts.yaml"
 promtool check rules config/alerts.yaml
 
+log "promtool test rules config/alerts_test.yaml"
+promtool test rules config/alerts_test.yaml
+
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 

@@ -32,6 +32,22 @@ fn the_example_config_file_is_valid() {
         vec![("reporter".to_string(), "ci-sessions".to_string())]
     );
     assert!(matches!(config.prow, ProwSourceConfig::Deck { .. }));
+    assert_eq!(config.vcenters[0].session_limit, 3000);
+    assert_eq!(
+        config.vcenters[0].aliases,
+        ["vcenter-1.ci.example.com", "10.0.0.10"]
+    );
+    assert!(config.vcenters[0].vm_map, "vm_attribution: true");
+    assert_eq!(config.leaks.login_grace, std::time::Duration::from_secs(300));
+    assert_eq!(config.leaks.idle_threshold, std::time::Duration::from_secs(3600));
+    // The example spells out the defaults: the same patterns.
+    let defaults = vsphere_ci_session_metrics::leaks::LeakRules::default();
+    let patterns = |v: &[regex::Regex]| v.iter().map(|r| r.as_str().to_string()).collect::<Vec<_>>();
+    assert_eq!(patterns(&config.leaks.exclude_users), patterns(&defaults.exclude_users));
+    assert_eq!(
+        patterns(&config.leaks.cluster_user_agents),
+        patterns(&defaults.cluster_user_agents)
+    );
 }
 
 #[test]
