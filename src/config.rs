@@ -1044,12 +1044,71 @@ mod tests {
                 "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n  - url: https://A.example.com:443\n    username: u\n    password: p\n",
                 "c.yaml: vcenters: vCenter a.example.com is listed twice",
             ),
+            (
+                "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n    session_limit: 0\n",
+                "c.yaml: vcenters[0].session_limit: must be greater than 0",
+            ),
+            (
+                "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n  - url: b.example.com\n    username: u\n    password: p\n    aliases: [A.example.com]\n",
+                "c.yaml: vcenters[].aliases: alias a.example.com of vCenter b.example.com names another vCenter or is listed twice",
+            ),
+            (
+                "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n    aliases: ['']\n",
+                "c.yaml: vcenters[0].aliases[0]: \"\" is not a host name or address",
+            ),
         ];
         for (text, want) in cases {
             let f = Flags::default();
             let err = merge(&f, yaml(text), "c.yaml").unwrap_err().to_string();
             assert_eq!(err, want);
         }
+    }
+
+    #[test]
+    fn bad_leak_settings_fail_at_start_naming_the_field() {
+        let vc = "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n";
+        let cases = [
+            (
+                "leaks:\n  cluster_user_agents: ['^k8s-csi-useragent-(.+)$']\n",
+                "c.yaml: leaks.cluster_user_agents[0]: \"^k8s-csi-useragent-(.+)$\": has no group named `cluster`, e.g. (?P<cluster>...)",
+            ),
+            (
+                "leaks:\n  exclude_users: ['ok', 'vpxd-(']\n",
+                "c.yaml: leaks.exclude_users[1]: \"vpxd-(\": ",
+            ),
+            (
+                "leaks:\n  login_grace: soon\n",
+                "c.yaml: leaks.login_grace: ",
+            ),
+            ("leaks:\n  idle: 1h\n", "unknown field `idle`"),
+        ];
+        for (text, want) in cases {
+            let result = serde_yaml::from_str::<FileConfig>(&format!("{vc}{text}"))
+                .map_err(|e| e.to_string())
+                .and_then(|file| {
+                    merge(&Flags::default(), file, "c.yaml").map_err(|e| e.to_string())
+                });
+            let err = result.expect_err(text);
+            assert!(err.contains(want), "{text}: want {want:?}, got {err:?}");
+        }
+    }
+
+    #[test]
+    fn leak_settings_replace_the_defaults_and_vm_attribution_reaches_every_vcenter() {
+        let file = yaml(
+            "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n    aliases: ['https://VC-A.example.com:443/sdk']\nleaks:\n  exclude_users: ['svc-.*']\n  login_grace: 10s\n  vm_attribution: false\n",
+        );
+        let config = merge(&Flags::default(), file, "c.yaml").unwrap();
+        assert_eq!(config.vcenters[0].aliases, ["vc-a.example.com"]);
+        assert!(!config.vcenters[0].vm_map);
+        assert_eq!(config.leaks.login_grace, Duration::from_secs(10));
+        assert_eq!(config.leaks.exclude_users.len(), 1);
+        assert!(config.leaks.exclude_users[0].is_match("SVC-backup"));
+        assert!(!config.leaks.exclude_users[0].is_match("vpxd-1"));
+        assert_eq!(
+            config.leaks.idle_threshold,
+            crate::leaks::DEFAULT_IDLE_THRESHOLD
+        );
     }
 
     #[test]

@@ -191,11 +191,14 @@ impl Cycle {
             observations: vcenters,
             session_count,
         } = gathered;
-        for (labels, elapsed, ok, failure) in gathered_collectors(&vcenters) {
-            let labels = [("collector", labels.0), ("vcenter", labels.1.as_str())];
-            collector_duration.push(labels, elapsed.as_secs_f64());
-            collector_success.push(labels, if ok { 1.0 } else { 0.0 });
-            failures.extend(failure);
+        for outcome in gathered_collectors(&vcenters) {
+            let labels = [
+                ("collector", outcome.collector),
+                ("vcenter", outcome.vcenter.as_str()),
+            ];
+            collector_duration.push(labels, outcome.elapsed.as_secs_f64());
+            collector_success.push(labels, bool_value(outcome.failure.is_none()));
+            failures.extend(outcome.failure);
         }
         let vcenters: Vec<VcenterObservation> =
             vcenters.into_iter().map(|v| v.observation).collect();
@@ -515,22 +518,38 @@ fn observed(
     }
 }
 
-/// `((collector, vcenter), duration, success, failure line)` of each
-/// vCenter's collectors: `vcenter`, and `vm_map` when it is on.
-fn gathered_collectors(
-    vcenters: &[ObservedVcenter],
-) -> Vec<((&'static str, String), Duration, bool, Option<String>)> {
+fn bool_value(b: bool) -> f64 {
+    if b { 1.0 } else { 0.0 }
+}
+
+/// How one collector of one vCenter fared this cycle.
+struct CollectorOutcome {
+    /// `vcenter` or `vm_map`.
+    collector: &'static str,
+    vcenter: String,
+    elapsed: Duration,
+    /// The failure line, already logged; `None` on success.
+    failure: Option<String>,
+}
+
+/// The outcome of each vCenter's collectors: `vcenter`, and `vm_map` when
+/// it is on.
+fn gathered_collectors(vcenters: &[ObservedVcenter]) -> Vec<CollectorOutcome> {
     let mut out = Vec::new();
     for v in vcenters {
-        let host = v.observation.vcenter.clone();
-        out.push((
-            ("vcenter", host.clone()),
-            v.elapsed,
-            v.error.is_none(),
-            v.error.clone(),
-        ));
+        out.push(CollectorOutcome {
+            collector: "vcenter",
+            vcenter: v.observation.vcenter.clone(),
+            elapsed: v.elapsed,
+            failure: v.error.clone(),
+        });
         if let Some((elapsed, error)) = &v.vm_map {
-            out.push((("vm_map", host), *elapsed, error.is_none(), error.clone()));
+            out.push(CollectorOutcome {
+                collector: "vm_map",
+                vcenter: v.observation.vcenter.clone(),
+                elapsed: *elapsed,
+                failure: error.clone(),
+            });
         }
     }
     out
