@@ -77,10 +77,12 @@ pub struct CycleInput {
 }
 
 /// Point every identity at its configured vCenter: a host listed as an
-/// alias becomes that vCenter's host. Identities naming an unknown host are
-/// removed and counted per host (distinct users), with a debug line: a CI
-/// file naming a vCenter by another name must not silently lose its user.
-/// `vcenters`: (host, aliases) of each configured vCenter.
+/// alias becomes that vCenter's host. Identities naming a host that is no
+/// configured vCenter or alias are kept (they match no vCenter's sessions,
+/// and the job still counts as resolved) and counted per host (distinct
+/// users), with a debug line: a CI file naming a vCenter by another name
+/// must not silently lose its user. `vcenters`: (host, aliases) of each
+/// configured vCenter.
 pub fn route_identities(
     jobs: &mut [JobUsers],
     vcenters: &[(String, Vec<String>)],
@@ -94,13 +96,9 @@ pub fn route_identities(
     }
     let mut unmatched: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for entry in jobs.iter_mut() {
-        let mut routed = Vec::with_capacity(entry.identities.len());
-        for identity in entry.identities.drain(..) {
+        for identity in entry.identities.iter_mut() {
             match host_of.get(identity.vcenter.as_str()) {
-                Some(host) => routed.push(CiIdentity {
-                    vcenter: host.to_string(),
-                    username: identity.username,
-                }),
+                Some(host) => identity.vcenter = host.to_string(),
                 None => {
                     tracing::debug!(
                         job = %entry.job.id,
@@ -109,15 +107,14 @@ pub fn route_identities(
                         "CI user's vCenter matches no configured vCenter or alias"
                     );
                     unmatched
-                        .entry(identity.vcenter)
+                        .entry(identity.vcenter.clone())
                         .or_default()
-                        .insert(identity.username);
+                        .insert(identity.username.clone());
                 }
             }
         }
-        routed.sort();
-        routed.dedup();
-        entry.identities = routed;
+        entry.identities.sort();
+        entry.identities.dedup();
     }
     unmatched
         .into_iter()
@@ -498,6 +495,58 @@ mod tests {
         assert_eq!(
             series(&families, metrics::UNRESOLVED_JOBS),
             vec![(String::new(), 1.0)]
+        );
+    }
+
+    #[test]
+    fn identities_follow_aliases_and_unknown_hosts_are_counted_per_distinct_user() {
+        let mut jobs = vec![
+            JobUsers {
+                identities: vec![identity("10.0.0.10", "ci-1"), identity("vc1", "ci-1")],
+                ..JobUsers::unresolved(job("job-a", "1"))
+            },
+            JobUsers {
+                identities: vec![identity("old-vc.example.com", "ci-2")],
+                ..JobUsers::unresolved(job("job-b", "2"))
+            },
+            JobUsers {
+                identities: vec![
+                    identity("old-vc.example.com", "ci-2"),
+                    identity("old-vc.example.com", "ci-3"),
+                ],
+                ..JobUsers::unresolved(job("job-c", "3"))
+            },
+        ];
+        let vcenters = [("vc1".to_string(), vec!["10.0.0.10".to_string()])];
+        let unmatched = route_identities(&mut jobs, &vcenters);
+        assert_eq!(
+            jobs[0].identities,
+            [identity("vc1", "ci-1")],
+            "alias merged"
+        );
+        assert_eq!(
+            jobs[1].identities,
+            [identity("old-vc.example.com", "ci-2")],
+            "kept: the job is resolved, on a vCenter not watched here"
+        );
+        assert_eq!(
+            unmatched,
+            BTreeMap::from([("old-vc.example.com".to_string(), 2)])
+        );
+        let input = CycleInput {
+            vcenters: vec![VcenterObservation {
+                vcenter: "vc1".into(),
+                sessions: Some(vec![]),
+                ..VcenterObservation::default()
+            }],
+            prow_up: true,
+            jobs,
+            unmatched_identities: unmatched,
+            ..CycleInput::default()
+        };
+        assert_eq!(
+            series(&correlate(&input), metrics::UNMATCHED_IDENTITIES),
+            vec![("vcenter=old-vc.example.com".to_string(), 2.0)]
         );
     }
 

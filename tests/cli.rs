@@ -409,8 +409,12 @@ async fn start_serves_exact_correlated_counts_and_holds_one_session_however_many
     // The whole exposition, against the golden file. Its values follow from
     // SEEDED and the scenario: 9 sessions (3 + 2 + 1 + 2 seeded and the
     // reporter's own), ci-user-1 shared by jobs A and B, 4 running vSphere
-    // jobs (A, B, C and F, whose user is on another vCenter), none
-    // unresolved, one login. Durations and cycle counts vary: masked.
+    // jobs (A, B, C and F, whose user is on another vCenter: one unmatched
+    // identity), none unresolved, one login. ci-user-3's two sessions are
+    // orphaned (no running job uses it here); nothing is attributed (no CSI
+    // agent names a cluster, no VM has a guest IP); nothing is idle an hour;
+    // the VM map holds vcsim's 4 model VMs. Durations, cycle counts, ages
+    // and the VM map's bytes vary: masked.
     assert_eq!(
         mask_varying(&text),
         std::fs::read_to_string("tests/fixtures/golden/start_metrics.txt").unwrap(),

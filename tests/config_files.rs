@@ -38,12 +38,22 @@ fn the_example_config_file_is_valid() {
         ["vcenter-1.ci.example.com", "10.0.0.10"]
     );
     assert!(config.vcenters[0].vm_map, "vm_attribution: true");
-    assert_eq!(config.leaks.login_grace, std::time::Duration::from_secs(300));
-    assert_eq!(config.leaks.idle_threshold, std::time::Duration::from_secs(3600));
+    assert_eq!(
+        config.leaks.login_grace,
+        std::time::Duration::from_secs(300)
+    );
+    assert_eq!(
+        config.leaks.idle_threshold,
+        std::time::Duration::from_secs(3600)
+    );
     // The example spells out the defaults: the same patterns.
     let defaults = vsphere_ci_session_metrics::leaks::LeakRules::default();
-    let patterns = |v: &[regex::Regex]| v.iter().map(|r| r.as_str().to_string()).collect::<Vec<_>>();
-    assert_eq!(patterns(&config.leaks.exclude_users), patterns(&defaults.exclude_users));
+    let patterns =
+        |v: &[regex::Regex]| v.iter().map(|r| r.as_str().to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        patterns(&config.leaks.exclude_users),
+        patterns(&defaults.exclude_users)
+    );
     assert_eq!(
         patterns(&config.leaks.cluster_user_agents),
         patterns(&defaults.cluster_user_agents)

@@ -330,6 +330,12 @@ async fn namespace_found_by_label_resolves_the_metadata_json_user() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].job, jobs[0]);
     assert_eq!(got[0].identities, [identity(VC, "ci-user-1")]);
+    // What ties sessions to the job: its namespace and the fixture's infraID.
+    assert_eq!(got[0].namespace.as_deref(), Some("ci-op-aaaa1111"));
+    assert_eq!(
+        got[0].infra_id.as_deref(),
+        Some("ci-op-8k2x9wq1-4f2a1-r7t5k")
+    );
     let stats = resolver.stats();
     assert_eq!(
         (stats.namespace_lookups, stats.log_reads, stats.secret_reads),
@@ -516,7 +522,11 @@ async fn a_steady_cycle_reads_nothing_ended_jobs_leave_the_cache_and_unresolved_
     assert!(first[2].identities.is_empty(), "job-c has no secret yet");
     let reads_after_first = env.ci.lookup_count();
 
-    // Second cycle: a and b from the cache; only c is looked up again.
+    // job-c's namespace is known already, and reported.
+    assert_eq!(first[2].namespace.as_deref(), Some("ci-op-cache00c"));
+
+    // Second cycle: a and b from the cache; only c's secret is read again
+    // (its namespace was remembered).
     env.ci.add_secret(secret(
         "ci-op-cache00c",
         "e2e-vsphere",
@@ -526,8 +536,8 @@ async fn a_steady_cycle_reads_nothing_ended_jobs_leave_the_cache_and_unresolved_
     assert_eq!(second[2].identities, [identity(VC, "ci-user-1")]);
     assert_eq!(
         env.ci.lookup_count() - reads_after_first,
-        2,
-        "one namespace list and one secret read for job-c"
+        1,
+        "one secret read for job-c"
     );
     assert_eq!(resolver.stats().cache_hits, 2);
 
