@@ -78,3 +78,51 @@ fn the_kubernetes_manifests_and_alert_rules_are_valid_yaml() {
 }
 
 use serde::Deserialize as _;
+
+/// Every `promql` block of the README is one valid PromQL expression:
+/// `promtool check rules` parses each as a recording rule.
+#[test]
+fn the_readme_queries_are_valid_promql() {
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let mut queries = Vec::new();
+    let mut block: Option<String> = None;
+    for line in readme.lines() {
+        match (&mut block, line) {
+            (None, "```promql") => block = Some(String::new()),
+            (Some(q), "```") => {
+                queries.push(q.trim().to_string());
+                block = None;
+            }
+            (Some(q), l) => {
+                q.push_str(l);
+                q.push('\n');
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        queries.len() >= 8,
+        "the README's queries were found: {queries:?}"
+    );
+    let mut rules = String::from("groups:\n  - name: readme\n    rules:\n");
+    for (i, q) in queries.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: readme:query_{i}\n        expr: {}\n",
+            serde_json::to_string(q).unwrap()
+        ));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("readme-queries.yaml");
+    std::fs::write(&path, rules).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("promtool not found: install Debian package prometheus (scripts/test.sh does it)");
+    assert!(
+        out.status.success(),
+        "{}{}\nqueries: {queries:#?}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
