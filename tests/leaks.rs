@@ -408,6 +408,19 @@ async fn leaked_sessions_are_named_with_their_job_or_reason_and_per_user_totals_
         age <= expected && age > expected - 5.0,
         "age {age} s, vcsim says {expected} s now"
     );
+
+    // Deck fails: with no job list nothing can be called orphaned, so the
+    // family empties rather than naming every session.
+    ci.set_fault(fake_ci::Route::Deck, fake_ci::Fault::status(500));
+    let text = scrape_until(&reporter, port, Duration::from_secs(30), "prow_up 0", |t| {
+        value_of(t, "vsphere_ci_user_sessions_prow_up") == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        family_lines(&text, "vsphere_ci_user_sessions_orphaned"),
+        Vec::<String>::new(),
+        "{text}"
+    );
     drop(held);
 }
 
