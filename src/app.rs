@@ -205,6 +205,9 @@ pub async fn run(
             } else {
                 None
             };
+            // From here on a cycle hands its snapshot to each sink's
+            // sender and returns: a dead target never holds the schedule.
+            cycle.start_senders();
             let skipped = cycle.skipped_counter();
             let runner = cycle.clone();
             let scheduled = run_scheduled(

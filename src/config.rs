@@ -458,12 +458,21 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             })?;
         remote_write.push(entry);
     }
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
     for (i, rw) in remote_write.iter().enumerate() {
-        rw.validate().map_err(|e| {
-            // The URL may carry credentials (that is one of the errors).
-            let url = crate::sink::remote_write::config::redact_url(&rw.url);
-            Error::Config(format!("remote_write[{i}] ({url}): {e}"))
-        })?;
+        // The URL may carry credentials (that is one of the errors).
+        let url = crate::sink::remote_write::config::redact_url(&rw.url);
+        rw.validate()
+            .map_err(|e| Error::Config(format!("remote_write[{i}] ({url}): {e}")))?;
+        // Self-metrics are labelled by target name: two alike would make
+        // duplicate series, which a Pushgateway refuses outright.
+        let name = rw.target_name();
+        if let Some(first) = names.insert(name.clone(), i) {
+            return Err(Error::Config(format!(
+                "remote_write[{i}] ({url}): target name {name:?} is remote_write[{first}]'s too; \
+                 targets with the same URL (two tenants, say) need a distinct `name` each"
+            )));
+        }
     }
 
     let pushgateway = pushgateway_config(flags, file.pushgateway, origin)?;
@@ -702,10 +711,35 @@ fn duration_or(raw: &Option<String>, default: Duration, field: &str) -> Result<D
 /// users may pass.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let duration = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("not a duration ({e}); use e.g. 30s, 5m"))?,
+    };
+    within_a_day(duration)
+}
+
+/// The longest duration any setting takes. Longer values are mistakes (a
+/// unit typo: `30d` for `30s`) and would overflow time arithmetic or stall
+/// a target for days.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
+fn within_a_day(duration: Duration) -> Result<Duration, String> {
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "{} is longer than one day (24h), the most any setting takes",
+            humantime::format_duration(duration)
+        ));
     }
-    humantime::parse_duration(text).map_err(|e| format!("not a duration ({e}); use e.g. 30s, 5m"))
+    Ok(duration)
+}
+
+/// [`deserialize_duration`] for an optional field (absent: `None`; the
+/// struct must be `#[serde(default)]`).
+pub fn deserialize_opt_duration<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    deserialize_duration(deserializer).map(Some)
 }
 
 /// Serde helper for duration fields of the sinks' blocks: a string as
@@ -728,13 +762,14 @@ pub fn deserialize_duration<'de, D: serde::Deserializer<'de>>(
         }
 
         fn visit_u64<E: serde::de::Error>(self, secs: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(secs))
+            within_a_day(Duration::from_secs(secs))
+                .map_err(|e| E::custom(format!("invalid duration {secs}: {e}")))
         }
 
         fn visit_i64<E: serde::de::Error>(self, secs: i64) -> Result<Duration, E> {
-            u64::try_from(secs)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom(format!("invalid duration {secs}: must not be negative")))
+            let secs = u64::try_from(secs)
+                .map_err(|_| E::custom(format!("invalid duration {secs}: must not be negative")))?;
+            self.visit_u64(secs)
         }
     }
 
@@ -1062,6 +1097,55 @@ mod tests {
             let err = merge(&f, yaml(text), "c.yaml").unwrap_err().to_string();
             assert_eq!(err, want);
         }
+    }
+
+    #[test]
+    fn two_targets_with_one_name_are_refused_and_long_durations_too() {
+        let cases = [
+            (
+                "remote_write:\n  - url: http://mimir/api/v1/push\n    tenant: a\n  - url: http://mimir/api/v1/push\n    tenant: b\n",
+                "remote_write[1] (http://mimir/api/v1/push): target name \"http://mimir/api/v1/push\" is remote_write[0]'s too; targets with the same URL (two tenants, say) need a distinct `name` each",
+            ),
+            (
+                "remote_write:\n  - url: http://a/w\n    name: x\n  - url: http://b/w\n    name: x\n",
+                "target name \"x\" is remote_write[0]'s too",
+            ),
+            (
+                "remote_write:\n  - url: http://a/w\n    remote_timeout: 30d\n",
+                "invalid duration \"30d\": 30days is longer than one day (24h)",
+            ),
+            (
+                "remote_write:\n  - url: http://a/w\n    max_buffered_age: 86401\n",
+                "invalid duration 86401: 1day 1s is longer than one day (24h)",
+            ),
+            (
+                "leaks:\n  idle_threshold: 25h\n",
+                "c.yaml: leaks.idle_threshold: ",
+            ),
+            ("interval: 2d\n", "c.yaml: interval: "),
+        ];
+        let vc = "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n";
+        for (text, want) in cases {
+            let result = serde_yaml::from_str::<FileConfig>(&format!("{vc}{text}"))
+                .map_err(|e| e.to_string())
+                .and_then(|file| {
+                    merge(&Flags::default(), file, "c.yaml").map_err(|e| e.to_string())
+                });
+            let err = result.expect_err(text);
+            assert!(err.contains(want), "{text}: want {want:?}, got {err:?}");
+        }
+        // Distinct names make the same URL fine.
+        let file = yaml(&format!(
+            "{vc}remote_write:\n  - url: http://mimir/api/v1/push\n    name: a\n  - url: http://mimir/api/v1/push\n    name: b\n"
+        ));
+        assert_eq!(
+            merge(&Flags::default(), file, "c.yaml")
+                .unwrap()
+                .remote_write
+                .len(),
+            2
+        );
+        assert!(parse_duration("24h").is_ok());
     }
 
     #[test]

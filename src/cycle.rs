@@ -2,8 +2,10 @@
 //!
 //! Sources run concurrently, each bounded by its own timeouts; a failing
 //! source sets its `up` gauge to 0 and the cycle still publishes what it has.
-//! Sinks are also driven concurrently, so a slow or dead one never delays the
-//! others, and each bounds its own time.
+//! In the long-running mode the snapshot is handed off to each sink's own
+//! sender and the cycle ends: delivery never holds up collection. `once`
+//! drives the sinks concurrently and waits for them, each within its own
+//! time bound.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -124,6 +126,9 @@ pub struct Cycle {
     cycles: AtomicU64,
     /// Incremented by the scheduler when a tick finds a cycle running.
     skipped: Arc<AtomicU64>,
+    /// The sinks' senders run: a cycle hands its snapshot off and ends.
+    /// Otherwise (`once`, tests) it waits for each sink to deliver.
+    senders_started: std::sync::atomic::AtomicBool,
 }
 
 impl Cycle {
@@ -139,6 +144,18 @@ impl Cycle {
             latest,
             cycles: AtomicU64::new(0),
             skipped,
+            senders_started: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Start every sink's sender task: from now on a cycle hands its
+    /// snapshot off and never waits on delivery (the long-running mode).
+    pub fn start_senders(&self) {
+        if self.senders_started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        for sink in &self.sinks {
+            sink.clone().start_sender();
         }
     }
 
@@ -316,11 +333,19 @@ impl Cycle {
         });
         self.latest.set(snapshot.clone());
 
-        let published = join_all(self.sinks.iter().map(|sink| {
-            let snapshot = snapshot.clone();
-            async move { (sink.name().to_string(), sink.publish(snapshot).await) }
-        }))
-        .await;
+        let published: Vec<(String, Result<(), crate::Error>)> =
+            if self.senders_started.load(Ordering::SeqCst) {
+                self.sinks
+                    .iter()
+                    .map(|sink| (sink.name().to_string(), sink.hand_off(snapshot.clone())))
+                    .collect()
+            } else {
+                join_all(self.sinks.iter().map(|sink| {
+                    let snapshot = snapshot.clone();
+                    async move { (sink.name().to_string(), sink.publish(snapshot).await) }
+                }))
+                .await
+            };
         for (name, result) in published {
             if let Err(e) = result {
                 warn!(sink = %name, kind = e.kind(), error = %e, "Publishing failed");

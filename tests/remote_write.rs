@@ -26,8 +26,8 @@ use vsphere_ci_session_metrics::sink::Sink;
 use vsphere_ci_session_metrics::sink::remote_write::config::{BasicAuth, RetryConfig, TlsConfig};
 use vsphere_ci_session_metrics::sink::remote_write::encode::STALE_NAN_BITS;
 use vsphere_ci_session_metrics::sink::remote_write::{
-    BUFFERED_SAMPLES, Protocol, RemoteWriteConfig, RemoteWriteSink, SAMPLES_DROPPED_TOTAL,
-    SAMPLES_RETRIED_TOTAL, SAMPLES_SENT_TOTAL,
+    BATCHES_SENT_TOTAL, BUFFERED_SAMPLES, Protocol, RemoteWriteConfig, RemoteWriteSink,
+    SAMPLES_DROPPED_TOTAL, SAMPLES_RETRIED_TOTAL, SAMPLES_SENT_TOTAL,
 };
 
 const GAUGE: &str = "vsphere_ci_user_sessions_correlated";
@@ -843,15 +843,23 @@ async fn cycles_buffered_during_an_outage_are_sent_oldest_first_when_it_ends() {
     sink.publish(snapshot(ts + 4_000, &[("ci-a", 4.0)]))
         .await
         .expect("the outage is over");
-    let delivered: Vec<i64> = stub.requests()[4..]
-        .iter()
-        .map(|r| r.series()[0].1[0].0)
-        .collect();
+    // The backlog goes in one request (well under max_samples_per_send),
+    // each series with its samples oldest first.
+    let delivered = &stub.requests()[4..];
+    assert_eq!(delivered.len(), 1, "one batch");
+    let gauge = delivered[0]
+        .series()
+        .into_iter()
+        .find(|(labels, _)| labels.iter().any(|(k, v)| k == "__name__" && v == GAUGE))
+        .expect("the gauge was sent");
     assert_eq!(
-        delivered,
-        (0..5).map(|i| ts + i * 1_000).collect::<Vec<_>>()
+        gauge.1,
+        (0..5)
+            .map(|i| (ts + i * 1_000, i as f64))
+            .collect::<Vec<_>>()
     );
     assert_eq!(self_metric(&sink, BUFFERED_SAMPLES, &[]), 0.0);
+    assert_eq!(self_metric(&sink, BATCHES_SENT_TOTAL, &[]), 1.0);
 }
 
 #[tokio::test]
@@ -1178,4 +1186,157 @@ async fn a_slow_target_never_delays_another() {
         healthy_took < slow_took && slow_took >= Duration::from_millis(800),
         "healthy {healthy_took:?}, slow {slow_took:?}"
     );
+}
+
+// ------------------------------------------------- the sender (start mode)
+
+/// Poll `check` every 20 ms for at most `bound`.
+async fn wait_for(what: &str, bound: Duration, check: impl Fn() -> bool) {
+    let deadline = Instant::now() + bound;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen within {bound:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The samples of the gauge series of `user` over `requests`, in the order
+/// they arrived.
+fn gauge_samples(requests: &[Captured], user: &str) -> Vec<(i64, u64)> {
+    requests
+        .iter()
+        .flat_map(|r| r.series())
+        .filter(|(labels, _)| {
+            let l = labels_of(labels);
+            l.get("__name__").map(String::as_str) == Some(GAUGE)
+                && l.get("username").map(String::as_str) == Some(user)
+        })
+        .flat_map(|(_, samples)| samples)
+        .map(|(ts, v)| (ts, v.to_bits()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sender_replays_a_backlog_oldest_first_in_batches_with_stale_markers_last() {
+    let stub = StubReceiver::start().await;
+    stub.script([Reply::status(503), Reply::status(503)]);
+    let sink = Arc::new(sink(config(&stub.url)));
+    let ts = now_ms() - 60_000;
+    // Ten cycles handed off while nothing sends them yet; ci-b ends after
+    // the fourth.
+    for i in 0..10i64 {
+        let users: Vec<(&str, f64)> = if i < 4 {
+            vec![("ci-a", i as f64), ("ci-b", 1.0)]
+        } else {
+            vec![("ci-a", i as f64)]
+        };
+        Sink::hand_off(&*sink, snapshot(ts + i * 1_000, &users)).expect("handed off");
+    }
+    assert_eq!(
+        self_metric(&sink, BUFFERED_SAMPLES, &[]),
+        25.0,
+        "4×3 + 1 stale + 6×2"
+    );
+    sink.clone().start_sender();
+    wait_for("the backlog delivered", Duration::from_secs(10), || {
+        self_metric(&sink, BUFFERED_SAMPLES, &[]) == 0.0
+    })
+    .await;
+
+    let requests = stub.requests();
+    // Two refused attempts, then the whole backlog in one request.
+    assert_eq!(requests.len(), 3, "{} requests", requests.len());
+    let delivered = &requests[2..];
+    assert_eq!(
+        gauge_samples(delivered, "ci-a"),
+        (0..10)
+            .map(|i| (ts + i * 1_000, (i as f64).to_bits()))
+            .collect::<Vec<_>>()
+    );
+    let mut b: Vec<(i64, u64)> = (0..4).map(|i| (ts + i * 1_000, 1f64.to_bits())).collect();
+    b.push((ts + 4_000, STALE_NAN_BITS));
+    assert_eq!(
+        gauge_samples(delivered, "ci-b"),
+        b,
+        "stale marker after the last value"
+    );
+    assert_eq!(self_metric(&sink, BATCHES_SENT_TOTAL, &[]), 1.0);
+    assert_eq!(self_metric(&sink, SAMPLES_SENT_TOTAL, &[]), 25.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_is_resent_one_cycle_at_a_time_so_only_the_bad_cycle_is_lost() {
+    let stub = StubReceiver::start().await;
+    // The batch of five is refused; alone, the first cycle is refused
+    // again and the other four are accepted.
+    stub.script([Reply::status(400), Reply::status(400)]);
+    let mut cfg = config(&stub.url);
+    cfg.queue_config.max_samples_per_send = Some(100);
+    let sink = sink(cfg);
+    let ts = now_ms() - 10_000;
+    for i in 0..4i64 {
+        Sink::hand_off(&sink, snapshot(ts + i * 1_000, &[("ci-a", i as f64)])).unwrap();
+    }
+    let err = sink.publish(snapshot(ts + 4_000, &[("ci-a", 4.0)])).await;
+    assert!(
+        err.is_ok(),
+        "the cycle published now was delivered: {err:?}"
+    );
+    let requests = stub.requests();
+    assert_eq!(requests.len(), 6, "one batch, then five single cycles");
+    assert_eq!(
+        gauge_samples(&requests[2..], "ci-a"),
+        (1..5)
+            .map(|i| (ts + i * 1_000, (i as f64).to_bits()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        self_metric(&sink, SAMPLES_DROPPED_TOTAL, &[("reason", "rejected")]),
+        2.0,
+        "the first cycle's gauge and counter"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_retry_after_value_panics_spins_or_loses_the_cycle() {
+    let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(600));
+    for value in [
+        "0",
+        "1",
+        "3600",
+        "18446744073709551615",
+        "garbage",
+        past.as_str(),
+    ] {
+        for status in [429, 503] {
+            let stub = StubReceiver::start().await;
+            stub.script([Reply::status(status).header("Retry-After", value)]);
+            let mut cfg = config(&stub.url);
+            cfg.retry.min_backoff = Duration::from_millis(200);
+            cfg.retry.max_backoff = Duration::from_millis(200);
+            let sink = sink(cfg);
+            let result = sink.publish(snapshot(now_ms(), &[("ci-a", 1.0)])).await;
+            let requests = stub.requests();
+            match value {
+                // Asked to wait past the publish: kept for later, not retried now.
+                "3600" | "18446744073709551615" => {
+                    assert!(result.is_err(), "{status} {value}");
+                    assert_eq!(requests.len(), 1, "{status} {value}");
+                    assert_eq!(self_metric(&sink, BUFFERED_SAMPLES, &[]), 2.0);
+                }
+                // A short or meaningless wait: retried after at least the backoff.
+                _ => {
+                    result.unwrap_or_else(|e| panic!("{status} {value}: {e}"));
+                    assert_eq!(requests.len(), 2, "{status} {value}");
+                    let gap = requests[1].at - requests[0].at;
+                    assert!(
+                        gap >= Duration::from_millis(190),
+                        "{status} {value}: {gap:?}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -1,5 +1,12 @@
 //! Where snapshots go: the local `/metrics` endpoint, remote-write targets and
 //! the Pushgateway. Every sink receives the same [`Snapshot`].
+//!
+//! In the long-running mode each pushing sink is a sender of its own: a
+//! cycle hands its snapshot off ([`Sink::hand_off`]) and ends, and the
+//! sink's task delivers it (remote-write keeps every cycle, oldest first;
+//! the Pushgateway only the newest). A slow or dead target costs only its
+//! own queue: the schedule, `/metrics` and every other target keep their
+//! pace.
 
 pub mod pushgateway;
 pub mod remote_write;
@@ -19,9 +26,18 @@ pub trait Sink: Send + Sync {
     /// `pushgateway`.
     fn name(&self) -> &str;
 
-    /// Deliver one cycle's snapshot. Returns when the sink has accepted it or
-    /// given up for this cycle (a sink may keep it buffered for later).
+    /// Deliver one cycle's snapshot in the caller's task. Returns when the
+    /// sink has delivered it or given up for now (a sink may keep it queued
+    /// for later), within the sink's own time bound. `once` uses this.
     async fn publish(&self, snapshot: Arc<Snapshot>) -> Result<(), Error>;
+
+    /// Give the snapshot to the sink's sender task and return at once:
+    /// delivery never holds up collection. Needs [`Sink::start_sender`].
+    /// An error only when the snapshot cannot be taken at all.
+    fn hand_off(&self, snapshot: Arc<Snapshot>) -> Result<(), Error>;
+
+    /// Start the task that delivers what is handed off (long-running mode).
+    fn start_sender(self: Arc<Self>);
 
     /// Called once on shutdown, after the last publish (stale markers, group
     /// deletion). Must return within the sink's own time bound.

@@ -17,10 +17,13 @@
 //! refused again. Network errors and 5xx are retried within the cycle with a
 //! short backoff; the whole push never takes longer than `timeout` × attempts.
 //!
-//! Nothing is buffered between cycles: a `PUT` replaces the whole group, so a
-//! push that failed is superseded by the next cycle's and resending it later
-//! would only put older values back. That is why there is no "buffered"
-//! self-metric here, unlike the remote-write sink.
+//! Only the newest snapshot is kept: a `PUT` replaces the whole group, so a
+//! push that failed is superseded by the next cycle's and resending an older
+//! one later would only put older values back. The sink's own sender task
+//! ([`PushgatewaySink::start_sender`]) pushes the newest snapshot handed
+//! off; a push that failed and may pass is tried again after a backoff
+//! unless a newer snapshot arrives first. That is why there is no
+//! "buffered" self-metric here, unlike the remote-write sink.
 //!
 //! Self-metrics follow issue 3 §5 (per sink and target): every sample of a
 //! push ends in exactly one of `samples_sent_total`, `samples_failed_total`
@@ -432,7 +435,21 @@ pub struct PushgatewaySink {
     warned_reserved: AtomicBool,
     /// So is dropping the duplicates that this can leave.
     warned_duplicates: AtomicBool,
+    /// The newest snapshot handed off and not pushed yet.
+    latest: std::sync::Mutex<Option<Arc<Snapshot>>>,
+    /// Wakes the sender task.
+    wake: tokio::sync::Notify,
+    /// Held by the sender around a push, so shutdown's DELETE comes after
+    /// a push in flight, never before it.
+    in_flight: tokio::sync::Mutex<()>,
+    /// Set on shutdown: the sender pushes nothing more.
+    closed: AtomicBool,
 }
+
+/// First wait after a failed push in the sender; doubles up to
+/// [`MAX_SENDER_BACKOFF`].
+const MIN_SENDER_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_SENDER_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What `render_body` makes of a snapshot.
 #[derive(Debug)]
@@ -480,7 +497,61 @@ impl PushgatewaySink {
             stats: Stats::default(),
             warned_reserved: AtomicBool::new(false),
             warned_duplicates: AtomicBool::new(false),
+            latest: std::sync::Mutex::new(None),
+            wake: tokio::sync::Notify::new(),
+            in_flight: tokio::sync::Mutex::new(()),
+            closed: AtomicBool::new(false),
         })
+    }
+
+    fn take_latest(&self) -> Option<Arc<Snapshot>> {
+        self.latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// The sender task: pushes the newest snapshot each time one is handed
+    /// off; after a failure that may pass, tries it again after a backoff
+    /// (1 s doubling to 30 s), or pushes a newer one as soon as it comes.
+    pub fn start_sender(self: Arc<Self>) {
+        tokio::spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                self.wake.notified().await;
+                while let Some(snapshot) = self.take_latest() {
+                    let result = {
+                        let _pushing = self.in_flight.lock().await;
+                        if self.closed.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        self.publish(snapshot.clone()).await
+                    };
+                    match result {
+                        Ok(()) => failures = 0,
+                        Err(e) => {
+                            warn!(target_url = %self.target, error = %e, "Pushgateway push failed");
+                            if !e.is_retriable() {
+                                continue;
+                            }
+                            // Keep it unless a newer one came meanwhile.
+                            self.latest
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                                .get_or_insert(snapshot);
+                            let wait = MIN_SENDER_BACKOFF
+                                .saturating_mul(1u32 << failures.min(5))
+                                .min(MAX_SENDER_BACKOFF);
+                            failures = failures.saturating_add(1);
+                            tokio::select! {
+                                () = tokio::time::sleep(wait) => {}
+                                () = self.wake.notified() => {}
+                            }
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// The text body for a snapshot, without the labels the gateway sets from
@@ -735,9 +806,26 @@ impl Sink for PushgatewaySink {
         }
     }
 
+    fn hand_off(&self, snapshot: Arc<Snapshot>) -> Result<(), Error> {
+        *self
+            .latest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(snapshot);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    fn start_sender(self: Arc<Self>) {
+        PushgatewaySink::start_sender(self);
+    }
+
     /// Deletes the group when configured to, so its series stop being
     /// exposed at once rather than staying frozen at their last values.
+    /// The sender pushes nothing after this starts; a push in flight ends
+    /// first.
     async fn shutdown(&self) -> Result<(), Error> {
+        self.closed.store(true, Ordering::Relaxed);
+        let _no_push = self.in_flight.lock().await;
         if !self.delete_on_shutdown {
             return Ok(());
         }

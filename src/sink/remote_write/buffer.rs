@@ -14,15 +14,28 @@
 //! The newest cycle is always kept, even when it alone passes `max_samples`.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::encode::Cycle;
 
+/// A buffered cycle and its place in the sequence of cycles taken in.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Increases by one per cycle taken in: lets the sender remove exactly
+    /// what it delivered even if older cycles were evicted meanwhile.
+    pub seq: u64,
+    /// Shared with the sender while a request is in flight, so sending
+    /// never holds the buffer's lock.
+    pub cycle: Arc<Cycle>,
+}
+
 /// Cycles waiting to be delivered, oldest first.
 #[derive(Debug)]
 pub struct OutageBuffer {
-    cycles: VecDeque<Cycle>,
+    cycles: VecDeque<Queued>,
     samples: usize,
+    next_seq: u64,
     max_samples: usize,
     max_age: Duration,
 }
@@ -41,23 +54,29 @@ impl OutageBuffer {
         OutageBuffer {
             cycles: VecDeque::new(),
             samples: 0,
+            next_seq: 0,
             max_samples,
             max_age,
         }
     }
 
     /// Add the newest cycle, then drop the oldest ones past either bound.
-    pub fn push(&mut self, cycle: Cycle, now_ms: i64) -> Evicted {
+    /// Returns the cycle's sequence number and what was dropped.
+    pub fn push(&mut self, cycle: Cycle, now_ms: i64) -> (u64, Evicted) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
         self.samples += cycle.sample_count();
-        self.cycles.push_back(cycle);
+        self.cycles.push_back(Queued {
+            seq,
+            cycle: Arc::new(cycle),
+        });
         let mut evicted = self.evict_expired(now_ms);
         while self.samples > self.max_samples && self.cycles.len() > 1 {
-            if let Some(old) = self.cycles.pop_front() {
-                self.samples -= old.sample_count();
-                evicted.full += old.sample_count();
+            if let Some(old) = self.pop_front() {
+                evicted.full += old.cycle.sample_count();
             }
         }
-        evicted
+        (seq, evicted)
     }
 
     /// Drop cycles older than `max_age` at `now_ms` (the newest one is kept:
@@ -66,33 +85,70 @@ impl OutageBuffer {
         let max_age_ms = i64::try_from(self.max_age.as_millis()).unwrap_or(i64::MAX);
         let mut evicted = Evicted::default();
         while self.cycles.len() > 1 {
-            let oldest = self.cycles.front().expect("len > 1").timestamp_ms;
+            let oldest = self.cycles.front().expect("len > 1").cycle.timestamp_ms;
             if now_ms.saturating_sub(oldest) <= max_age_ms {
                 break;
             }
-            if let Some(old) = self.cycles.pop_front() {
-                self.samples -= old.sample_count();
-                evicted.too_old += old.sample_count();
+            if let Some(old) = self.pop_front() {
+                evicted.too_old += old.cycle.sample_count();
             }
         }
         evicted
     }
 
-    /// The oldest cycle, next to send.
-    pub fn front(&self) -> Option<&Cycle> {
+    /// The oldest cycles, next to send: at least one, then more while the
+    /// total stays within `max_samples` samples and `max_cycles` cycles.
+    pub fn batch(&self, max_samples: usize, max_cycles: usize) -> Vec<Queued> {
+        let mut batch = Vec::new();
+        let mut samples = 0;
+        for queued in &self.cycles {
+            let n = queued.cycle.sample_count();
+            if !batch.is_empty() && (samples + n > max_samples || batch.len() >= max_cycles) {
+                break;
+            }
+            samples += n;
+            batch.push(queued.clone());
+        }
+        batch
+    }
+
+    /// The oldest cycle.
+    pub fn front(&self) -> Option<&Queued> {
         self.cycles.front()
     }
 
-    /// Remove the oldest cycle (after it was delivered or refused).
-    pub fn pop_front(&mut self) -> Option<Cycle> {
-        let cycle = self.cycles.pop_front()?;
-        self.samples -= cycle.sample_count();
-        Some(cycle)
+    /// Remove the oldest cycle.
+    pub fn pop_front(&mut self) -> Option<Queued> {
+        let queued = self.cycles.pop_front()?;
+        self.samples -= queued.cycle.sample_count();
+        Some(queued)
+    }
+
+    /// Remove every cycle up to and including `seq` (delivered or refused);
+    /// returns how many samples went.
+    pub fn remove_through(&mut self, seq: u64) -> usize {
+        let mut removed = 0;
+        while self.cycles.front().is_some_and(|q| q.seq <= seq) {
+            if let Some(q) = self.pop_front() {
+                removed += q.cycle.sample_count();
+            }
+        }
+        removed
+    }
+
+    /// Timestamp of the oldest cycle held.
+    pub fn oldest_timestamp(&self) -> Option<i64> {
+        self.cycles.front().map(|q| q.cycle.timestamp_ms)
     }
 
     /// Timestamp of the newest cycle held.
     pub fn newest_timestamp(&self) -> Option<i64> {
-        self.cycles.back().map(|c| c.timestamp_ms)
+        self.cycles.back().map(|q| q.cycle.timestamp_ms)
+    }
+
+    /// Whether cycle `seq` is still waiting.
+    pub fn holds(&self, seq: u64) -> bool {
+        self.cycles.iter().any(|q| q.seq == seq)
     }
 
     pub fn samples(&self) -> usize {
@@ -136,11 +192,11 @@ mod tests {
     #[test]
     fn oldest_cycles_go_first_when_full() {
         let mut b = OutageBuffer::new(10, Duration::from_secs(3600));
-        assert_eq!(b.push(cycle(1, 4), 1), Evicted::default());
-        assert_eq!(b.push(cycle(2, 4), 2), Evicted::default());
-        let e = b.push(cycle(3, 4), 3);
-        assert_eq!(e.full, 4);
-        assert_eq!(b.front().unwrap().timestamp_ms, 2);
+        assert_eq!(b.push(cycle(1, 4), 1), (0, Evicted::default()));
+        assert_eq!(b.push(cycle(2, 4), 2), (1, Evicted::default()));
+        let (seq, e) = b.push(cycle(3, 4), 3);
+        assert_eq!((seq, e.full), (2, 4));
+        assert_eq!(b.oldest_timestamp(), Some(2));
         assert_eq!(b.samples(), 8);
     }
 
@@ -149,7 +205,7 @@ mod tests {
         let mut b = OutageBuffer::new(100, Duration::from_secs(60));
         b.push(cycle(0, 2), 0);
         b.push(cycle(30_000, 2), 30_000);
-        let e = b.push(cycle(70_000, 2), 70_000);
+        let (_, e) = b.push(cycle(70_000, 2), 70_000);
         assert_eq!(e.too_old, 2);
         assert_eq!(b.len(), 2);
         let e = b.evict_expired(1_000_000);
@@ -160,10 +216,32 @@ mod tests {
     #[test]
     fn a_single_oversized_cycle_is_kept() {
         let mut b = OutageBuffer::new(3, Duration::from_secs(60));
-        assert_eq!(b.push(cycle(1, 5), 1), Evicted::default());
+        assert_eq!(b.push(cycle(1, 5), 1), (0, Evicted::default()));
         assert_eq!(b.samples(), 5);
-        assert_eq!(b.pop_front().unwrap().timestamp_ms, 1);
+        assert_eq!(b.pop_front().unwrap().cycle.timestamp_ms, 1);
         assert!(b.is_empty());
         assert_eq!(b.samples(), 0);
+    }
+
+    #[test]
+    fn batches_take_the_oldest_cycles_up_to_the_bounds_and_at_least_one() {
+        let mut b = OutageBuffer::new(1000, Duration::from_secs(3600));
+        for ts in 1..=5 {
+            b.push(cycle(ts, 4), ts);
+        }
+        let ts = |batch: &[Queued]| {
+            batch
+                .iter()
+                .map(|q| q.cycle.timestamp_ms)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ts(&b.batch(10, 100)), [1, 2]);
+        assert_eq!(ts(&b.batch(100, 3)), [1, 2, 3]);
+        assert_eq!(ts(&b.batch(1, 100)), [1], "one cycle even past the bound");
+        // Removing through a sequence number works even after evictions.
+        b.pop_front();
+        assert_eq!(b.remove_through(2), 8, "cycles 1 and 2 (4 samples each)");
+        assert_eq!(b.oldest_timestamp(), Some(4));
+        assert!(b.holds(4) && !b.holds(2));
     }
 }

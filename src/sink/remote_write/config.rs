@@ -4,13 +4,16 @@
 //! (<https://prometheus.io/docs/prometheus/latest/configuration/configuration/#remote_write>)
 //! so an operator can paste theirs: `url`, `name`, `remote_timeout`,
 //! `headers`, `basic_auth`, `authorization`, `bearer_token(_file)`,
-//! `tls_config`, `protobuf_message`. Prometheus's queueing, relabelling,
-//! OAuth2, SigV4 and Azure AD settings are not supported and are refused by
-//! name (unknown fields are an error, so a typo never goes unnoticed).
+//! `tls_config`, `protobuf_message`, and `queue_config` (the fields that mean
+//! something for one sender per target; shard and capacity settings are
+//! accepted and ignored). Prometheus's relabelling, OAuth2, SigV4 and Azure
+//! AD settings are not supported and are refused by name (unknown fields
+//! are an error, so a typo never goes unnoticed).
 //!
 //! Our own additions: `protocol` (v1, v2 or auto), `tenant`
-//! (`X-Scope-OrgID`), the outage buffer bounds and `retry` (with the names of
-//! Prometheus's `queue_config` backoff settings).
+//! (`X-Scope-OrgID`), the outage buffer bounds `max_buffered_samples` and
+//! `max_buffered_age`, and `retry` (the older spelling of `queue_config`'s
+//! backoff settings).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -115,9 +118,50 @@ pub struct RemoteWriteConfig {
     /// so an older cycle could never be accepted.
     #[serde(deserialize_with = "crate::config::deserialize_duration")]
     pub max_buffered_age: Duration,
-    /// Backoff between retries of a failed request.
+    /// Backoff between retries of a failed request (older spelling;
+    /// `queue_config` wins where both are set).
     pub retry: RetryConfig,
+    /// Prometheus's `queue_config` block.
+    pub queue_config: QueueConfig,
 }
+
+/// Prometheus's `queue_config`
+/// (<https://prometheus.io/docs/prometheus/latest/configuration/configuration/#queue_config>),
+/// so a pasted block works. One sender per target sends the queue oldest
+/// first, so the shard and capacity settings mean nothing here: they are
+/// accepted and ignored with one info line.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Most samples in one request when sending a backlog (several cycles
+    /// per request). Default 2000.
+    pub max_samples_per_send: Option<usize>,
+    /// First wait after a failure. Default `30ms`.
+    #[serde(deserialize_with = "crate::config::deserialize_opt_duration")]
+    pub min_backoff: Option<Duration>,
+    /// Longest wait between two attempts. Default `30s`.
+    #[serde(deserialize_with = "crate::config::deserialize_opt_duration")]
+    pub max_backoff: Option<Duration>,
+    /// Oldest cycle kept while the target is unreachable (same as
+    /// `max_buffered_age`). Default `1h`.
+    #[serde(deserialize_with = "crate::config::deserialize_opt_duration")]
+    pub sample_age_limit: Option<Duration>,
+    /// Retry a 429 (after its `Retry-After`); when false a 429 drops the
+    /// request like any other 4xx. Default true.
+    pub retry_on_http_429: Option<bool>,
+    /// Ignored (Prometheus shards).
+    pub capacity: Option<u64>,
+    /// Ignored (Prometheus shards).
+    pub max_shards: Option<u64>,
+    /// Ignored (Prometheus shards).
+    pub min_shards: Option<u64>,
+    /// Ignored: a cycle is sent as soon as it is handed off.
+    #[serde(deserialize_with = "crate::config::deserialize_opt_duration")]
+    pub batch_send_deadline: Option<Duration>,
+}
+
+/// Default of `queue_config.max_samples_per_send` (Prometheus's).
+pub const DEFAULT_MAX_SAMPLES_PER_SEND: usize = 2000;
 
 impl std::fmt::Debug for RemoteWriteConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,6 +183,7 @@ impl std::fmt::Debug for RemoteWriteConfig {
             .field("max_buffered_samples", &self.max_buffered_samples)
             .field("max_buffered_age", &self.max_buffered_age)
             .field("retry", &self.retry)
+            .field("queue_config", &self.queue_config)
             .finish()
     }
 }
@@ -161,6 +206,7 @@ impl Default for RemoteWriteConfig {
             max_buffered_samples: 500_000,
             max_buffered_age: Duration::from_secs(3600),
             retry: RetryConfig::default(),
+            queue_config: QueueConfig::default(),
         }
     }
 }
@@ -191,7 +237,7 @@ pub struct RetryConfig {
     /// First wait after a failure. Default `30ms`.
     #[serde(deserialize_with = "crate::config::deserialize_duration")]
     pub min_backoff: Duration,
-    /// Longest wait between two attempts. Default `5s`.
+    /// Longest wait between two attempts. Default `30s`.
     #[serde(deserialize_with = "crate::config::deserialize_duration")]
     pub max_backoff: Duration,
 }
@@ -200,12 +246,56 @@ impl Default for RetryConfig {
     fn default() -> Self {
         RetryConfig {
             min_backoff: Duration::from_millis(30),
-            max_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(30),
         }
     }
 }
 
 impl RemoteWriteConfig {
+    /// `name`, or the URL without credentials or query: the `target` label
+    /// of the self-metrics, which must be distinct per target.
+    pub fn target_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| redact_url(&self.url))
+    }
+
+    /// Backoff bounds in force: `queue_config`, else `retry`.
+    pub fn backoff(&self) -> (Duration, Duration) {
+        let q = &self.queue_config;
+        (
+            q.min_backoff.unwrap_or(self.retry.min_backoff),
+            q.max_backoff.unwrap_or(self.retry.max_backoff),
+        )
+    }
+
+    /// The oldest cycle kept: `queue_config.sample_age_limit`, else
+    /// `max_buffered_age`.
+    pub fn sample_age_limit(&self) -> Duration {
+        self.queue_config
+            .sample_age_limit
+            .unwrap_or(self.max_buffered_age)
+    }
+
+    /// `queue_config.max_samples_per_send`, default 2000.
+    pub fn max_samples_per_send(&self) -> usize {
+        self.queue_config
+            .max_samples_per_send
+            .unwrap_or(DEFAULT_MAX_SAMPLES_PER_SEND)
+    }
+
+    /// The `queue_config` fields set that mean nothing here.
+    pub fn ignored_queue_settings(&self) -> Vec<&'static str> {
+        let q = &self.queue_config;
+        [
+            ("capacity", q.capacity.is_some()),
+            ("max_shards", q.max_shards.is_some()),
+            ("min_shards", q.min_shards.is_some()),
+            ("batch_send_deadline", q.batch_send_deadline.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(name, set)| set.then_some(name))
+        .collect()
+    }
+
     /// The protocol in force, from `protocol` and `protobuf_message`.
     pub fn effective_protocol(&self) -> Protocol {
         match (self.protocol, self.protobuf_message.as_deref()) {
@@ -242,6 +332,10 @@ impl RemoteWriteConfig {
         if self.remote_timeout.is_zero() {
             return bad("remote_timeout must be above zero".to_string());
         }
+        if self.queue_config.max_samples_per_send == Some(0) {
+            return bad("queue_config.max_samples_per_send must be above zero".to_string());
+        }
+
         for name in self.headers.keys() {
             if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
                 return bad(format!(
@@ -336,6 +430,17 @@ impl RemoteWriteConfig {
         if self.retry.max_backoff < self.retry.min_backoff {
             return bad("retry.max_backoff must not be below retry.min_backoff".to_string());
         }
+        let (min_backoff, max_backoff) = self.backoff();
+        if min_backoff.is_zero() {
+            return bad("queue_config.min_backoff must be above zero".to_string());
+        }
+        if max_backoff < min_backoff {
+            return bad(format!(
+                "queue_config.max_backoff ({}) must not be below the minimum backoff ({})",
+                humantime::format_duration(max_backoff),
+                humantime::format_duration(min_backoff)
+            ));
+        }
         Ok(())
     }
 }
@@ -387,7 +492,9 @@ mod tests {
         assert_eq!(c.max_buffered_samples, 500_000);
         assert_eq!(c.max_buffered_age, Duration::from_secs(3600));
         assert_eq!(c.retry.min_backoff, Duration::from_millis(30));
-        assert_eq!(c.retry.max_backoff, Duration::from_secs(5));
+        assert_eq!(c.retry.max_backoff, Duration::from_secs(30));
+        assert_eq!(c.max_samples_per_send(), 2000);
+        assert_eq!(c.queue_config.retry_on_http_429, None);
         assert!(!format!("{c:?}").contains("password: Some(\"p\")"));
         assert!(format!("{c:?}").contains("<redacted>"));
         assert!(
@@ -419,7 +526,16 @@ mod tests {
                 .contains("User-Agent".to_lowercase().as_str())
         );
         assert!(err("url: http://h/\nremote_timeout: soon").contains("invalid duration"));
-        assert!(err("url: http://h/\nqueue_config: {}").contains("queue_config"));
+        assert!(
+            err("url: http://h/\nqueue_config: {max_samples_per_send: 0}")
+                .contains("queue_config.max_samples_per_send")
+        );
+        assert!(
+            err("url: http://h/\nqueue_config: {min_backoff: 40s}").contains(
+                "queue_config.max_backoff (30s) must not be below the minimum backoff (40s)"
+            )
+        );
+        assert!(err("url: http://h/\nqueue_config: {shards: 4}").contains("shards"));
         assert!(
             err("url: http://h/\nbearer_token: t\nbasic_auth: {username: u}")
                 .contains("at most one")
@@ -439,6 +555,42 @@ mod tests {
                 .contains("retry.max_backoff")
         );
         assert!(err("url: http://h/\ntenant: a\nheaders: {X-Scope-OrgID: b}").contains("tenant"));
+    }
+
+    #[test]
+    fn a_pasted_queue_config_works_and_shard_settings_are_ignored_by_name() {
+        let c = parse(
+            "url: http://h/\n\
+             retry: {min_backoff: 1s, max_backoff: 2s}\n\
+             queue_config:\n  capacity: 10000\n  max_shards: 50\n  min_shards: 1\n  \
+             max_samples_per_send: 500\n  batch_send_deadline: 5s\n  min_backoff: 30ms\n  \
+             max_backoff: 10s\n  retry_on_http_429: false\n  sample_age_limit: 30m\n",
+        )
+        .unwrap();
+        assert_eq!(c.max_samples_per_send(), 500);
+        assert_eq!(
+            c.backoff(),
+            (Duration::from_millis(30), Duration::from_secs(10)),
+            "queue_config wins over retry"
+        );
+        assert_eq!(c.sample_age_limit(), Duration::from_secs(1800));
+        assert_eq!(c.queue_config.retry_on_http_429, Some(false));
+        assert_eq!(
+            c.ignored_queue_settings(),
+            [
+                "capacity",
+                "max_shards",
+                "min_shards",
+                "batch_send_deadline"
+            ]
+        );
+        let plain = parse("url: http://h/\nretry: {min_backoff: 1s, max_backoff: 2s}").unwrap();
+        assert_eq!(
+            plain.backoff(),
+            (Duration::from_secs(1), Duration::from_secs(2))
+        );
+        assert_eq!(plain.sample_age_limit(), Duration::from_secs(3600));
+        assert!(plain.ignored_queue_settings().is_empty());
     }
 
     #[test]

@@ -262,14 +262,40 @@ fn v2_type(t: MetricType) -> v2::metadata::MetricType {
     }
 }
 
+/// The series of a batch of cycles (oldest first), in first-seen order,
+/// each with its samples in time order: a series that repeats every cycle
+/// goes out once with several samples, and a stale marker after the
+/// series' last value.
+fn series_of<'a>(cycles: &[&'a Cycle]) -> Vec<(&'a Point, Vec<(i64, f64)>)> {
+    let mut index: HashMap<&'a [(String, String)], usize> = HashMap::new();
+    let mut series: Vec<(&'a Point, Vec<(i64, f64)>)> = Vec::new();
+    for cycle in cycles {
+        for p in &cycle.points {
+            let sample = (cycle.timestamp_ms, p.value);
+            match index.get(p.labels.as_slice()) {
+                Some(&i) => series[i].1.push(sample),
+                None => {
+                    index.insert(p.labels.as_slice(), series.len());
+                    series.push((p, vec![sample]));
+                }
+            }
+        }
+    }
+    series
+}
+
 /// The Remote-Write 1.0 message for one cycle, with one metadata entry per
 /// metric family (in name order, so requests are reproducible).
 pub fn write_request_v1(cycle: &Cycle) -> v1::WriteRequest {
+    write_request_v1_batch(&[cycle])
+}
+
+/// The Remote-Write 1.0 message for several cycles, oldest first.
+pub fn write_request_v1_batch(cycles: &[&Cycle]) -> v1::WriteRequest {
     let mut families: BTreeMap<&'static str, SeriesMeta> = BTreeMap::new();
-    let timeseries = cycle
-        .points
-        .iter()
-        .map(|p| {
+    let timeseries = series_of(cycles)
+        .into_iter()
+        .map(|(p, samples)| {
             families.entry(p.meta.family).or_insert(p.meta);
             v1::TimeSeries {
                 labels: p
@@ -280,10 +306,10 @@ pub fn write_request_v1(cycle: &Cycle) -> v1::WriteRequest {
                         value: value.clone(),
                     })
                     .collect(),
-                samples: vec![v1::Sample {
-                    value: p.value,
-                    timestamp: cycle.timestamp_ms,
-                }],
+                samples: samples
+                    .into_iter()
+                    .map(|(timestamp, value)| v1::Sample { value, timestamp })
+                    .collect(),
             }
         })
         .collect();
@@ -332,11 +358,15 @@ impl<'a> Symbols<'a> {
 /// The Remote-Write 2.0 message for one cycle: a deduplicated symbols table
 /// starting with "", label refs, and type and help metadata on every series.
 pub fn write_request_v2(cycle: &Cycle) -> v2::Request {
+    write_request_v2_batch(&[cycle])
+}
+
+/// The Remote-Write 2.0 message for several cycles, oldest first.
+pub fn write_request_v2_batch(cycles: &[&Cycle]) -> v2::Request {
     let mut symbols = Symbols::new();
-    let timeseries = cycle
-        .points
-        .iter()
-        .map(|p| {
+    let timeseries = series_of(cycles)
+        .into_iter()
+        .map(|(p, samples)| {
             let mut labels_refs = Vec::with_capacity(p.labels.len() * 2);
             for (name, value) in p.labels.iter() {
                 labels_refs.push(symbols.intern(name));
@@ -344,10 +374,10 @@ pub fn write_request_v2(cycle: &Cycle) -> v2::Request {
             }
             v2::TimeSeries {
                 labels_refs,
-                samples: vec![v2::Sample {
-                    value: p.value,
-                    timestamp: cycle.timestamp_ms,
-                }],
+                samples: samples
+                    .into_iter()
+                    .map(|(timestamp, value)| v2::Sample { value, timestamp })
+                    .collect(),
                 histograms: Vec::new(),
                 exemplars: Vec::new(),
                 metadata: Some(v2::Metadata {
@@ -367,9 +397,14 @@ pub fn write_request_v2(cycle: &Cycle) -> v2::Request {
 
 /// The protobuf bytes of one cycle in the given version.
 pub fn encode(cycle: &Cycle, version: WireVersion) -> Vec<u8> {
+    encode_batch(&[cycle], version)
+}
+
+/// The protobuf bytes of several cycles (oldest first) in one request.
+pub fn encode_batch(cycles: &[&Cycle], version: WireVersion) -> Vec<u8> {
     match version {
-        WireVersion::V1 => write_request_v1(cycle).encode_to_vec(),
-        WireVersion::V2 => write_request_v2(cycle).encode_to_vec(),
+        WireVersion::V1 => write_request_v1_batch(cycles).encode_to_vec(),
+        WireVersion::V2 => write_request_v2_batch(cycles).encode_to_vec(),
     }
 }
 

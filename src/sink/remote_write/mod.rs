@@ -3,22 +3,24 @@
 //! (<https://prometheus.io/docs/specs/remote_write_spec/>) or 2.0
 //! (<https://prometheus.io/docs/specs/prw/remote_write_spec_2_0/>).
 //!
-//! What one `publish` does:
-//! 1. prepare the snapshot (`encode.rs`): sorted, unique, valid labels;
-//!    invalid series dropped and counted;
-//! 2. add a staleness marker for every series of the previous cycle that is
-//!    gone now, so an ended job disappears from instant queries at once
-//!    instead of lingering for the 5-minute lookback;
-//! 3. append the cycle to the outage buffer (`buffer.rs`);
-//! 4. send buffered cycles oldest first, one request each, each with the
-//!    retry policy (`retry.rs`) within `remote_timeout`; stop at the first
-//!    one that still fails (a newer one must not overtake it: receivers
-//!    refuse out-of-order samples).
+//! Collection never waits on delivery. A cycle's snapshot is handed off
+//! ([`RemoteWriteSink::hand_off`]): prepared (`encode.rs`: sorted, unique,
+//! valid labels; invalid series dropped and counted), given a staleness
+//! marker for every series of the previous cycle that is gone now (so an
+//! ended job leaves instant queries at once instead of lingering for the
+//! 5-minute lookback), and appended to the target's queue (`buffer.rs`).
+//! Then the call returns. The target's own sender task
+//! ([`RemoteWriteSink::start_sender`]) sends the queue oldest first, several
+//! cycles per request up to `max_samples_per_send` samples, each request
+//! with the retry policy (`retry.rs`) within `remote_timeout`, and backs off
+//! between attempts while the target is down. A newer cycle never overtakes
+//! an older one: receivers refuse out-of-order samples. A batch the receiver
+//! refuses is sent again one cycle at a time, so one bad cycle cannot take
+//! good ones with it.
 //!
-//! A publish never takes longer than [`PUBLISH_TIMEOUT_FACTOR`] ×
-//! `remote_timeout` (plus a little slack to read an answer), so a dead target
-//! cannot hold a cycle; what was not delivered stays buffered for the next
-//! one. Every sink owns all its state: targets never wait on each other.
+//! `once` (and the tests) use [`Sink::publish`]: hand off, then deliver in
+//! the caller's task within [`PUBLISH_TIMEOUT_FACTOR`] × `remote_timeout`.
+//! Every target owns all its state: targets never wait on each other.
 
 pub mod buffer;
 pub mod config;
@@ -45,6 +47,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use config::{Protocol, RemoteWriteConfig};
@@ -70,6 +73,11 @@ pub const SAMPLES_DROPPED_TOTAL: &str =
     "vsphere_ci_user_sessions_remote_write_samples_dropped_total";
 /// Samples waiting in the outage buffer.
 pub const BUFFERED_SAMPLES: &str = "vsphere_ci_user_sessions_remote_write_buffered_samples";
+/// Age of the oldest cycle waiting (0 when none): how far behind a target is.
+pub const OLDEST_BUFFERED_AGE_SECONDS: &str =
+    "vsphere_ci_user_sessions_remote_write_oldest_buffered_age_seconds";
+/// Requests delivered (2xx), each carrying one or more cycles.
+pub const BATCHES_SENT_TOTAL: &str = "vsphere_ci_user_sessions_remote_write_batches_sent_total";
 /// When a request last succeeded (Unix seconds; 0 before the first).
 pub const LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
     "vsphere_ci_user_sessions_remote_write_last_success_timestamp_seconds";
@@ -114,6 +122,9 @@ struct Counters {
     retried: AtomicU64,
     dropped: [AtomicU64; DROP_REASONS.len()],
     buffered: AtomicU64,
+    /// Timestamp of the oldest cycle waiting, 0 when none.
+    oldest_buffered_ms: AtomicI64,
+    batches: AtomicU64,
     last_success_ms: AtomicI64,
     requests: std::sync::Mutex<BTreeMap<String, u64>>,
 }
@@ -142,18 +153,31 @@ struct Negotiation {
     v2_confirmed: bool,
 }
 
-/// Mutable state, behind one lock per sink.
+/// The queue side, written by `hand_off` and read by the sender. A plain
+/// mutex held only for in-memory work, never across a request, so handing
+/// off never waits on the network.
 #[derive(Debug)]
-struct State {
+struct Queue {
     buffer: buffer::OutageBuffer,
     /// Series of the last cycle taken in (delivered or buffered), for
     /// staleness markers.
     live: HashMap<SeriesLabels, SeriesMeta>,
     /// Timestamp of the last cycle taken in: later ones must be newer.
     last_timestamp_ms: Option<i64>,
+}
+
+/// The sending side, held by whoever sends (the sender task, or a
+/// `publish`/`shutdown` delivering in its own task).
+#[derive(Debug)]
+struct Link {
     negotiation: Negotiation,
-    /// A receiver's `Retry-After` reaching past a publish: wait for it.
+    /// A receiver's `Retry-After` reaching past a delivery: wait for it.
     not_before: Option<Instant>,
+    /// Failed deliveries in a row: the sender's backoff between them.
+    failures: u32,
+    /// Send one cycle per request through this sequence number: a batch
+    /// was refused, and each of its cycles gets its own verdict.
+    single_through: Option<u64>,
 }
 
 /// Pushes snapshots to one remote-write target.
@@ -164,8 +188,15 @@ pub struct RemoteWriteSink {
     external_labels: Vec<(String, String)>,
     remote_timeout: Duration,
     policy: RetryPolicy,
+    /// Most samples per request when sending a backlog.
+    max_samples_per_send: usize,
+    /// `queue_config.retry_on_http_429`: false drops a 429'd request.
+    retry_on_http_429: bool,
     service: service::HttpService,
-    state: tokio::sync::Mutex<State>,
+    queue: std::sync::Mutex<Queue>,
+    link: tokio::sync::Mutex<Link>,
+    /// Wakes the sender task when a cycle was handed off.
+    wake: Notify,
     counters: Counters,
 }
 
@@ -186,10 +217,12 @@ impl RemoteWriteSink {
     ) -> Result<Self, Error> {
         config.validate()?;
         let external_labels = encode::normalise_external_labels(external_labels)?;
-        let target = config
-            .name
-            .clone()
-            .unwrap_or_else(|| config::redact_url(&config.url));
+        let target = config.target_name();
+        let ignored = config.ignored_queue_settings();
+        if !ignored.is_empty() {
+            tracing::info!(target_name = %target, settings = %ignored.join(", "),
+                "queue_config settings for Prometheus's shards mean nothing here (one sender per target) and are ignored");
+        }
         let protocol = config.effective_protocol();
         let service = service::HttpService::new(&config, target.clone())?;
         let wire = match protocol {
@@ -202,23 +235,30 @@ impl RemoteWriteSink {
             external_labels,
             remote_timeout: config.remote_timeout,
             policy: RetryPolicy {
-                min_backoff: config.retry.min_backoff,
-                max_backoff: config.retry.max_backoff,
+                min_backoff: config.backoff().0,
+                max_backoff: config.backoff().1,
             },
+            retry_on_http_429: config.queue_config.retry_on_http_429.unwrap_or(true),
+            max_samples_per_send: config.max_samples_per_send(),
             service,
-            state: tokio::sync::Mutex::new(State {
+            queue: std::sync::Mutex::new(Queue {
                 buffer: buffer::OutageBuffer::new(
                     config.max_buffered_samples,
-                    config.max_buffered_age,
+                    config.sample_age_limit(),
                 ),
                 live: HashMap::new(),
                 last_timestamp_ms: None,
+            }),
+            link: tokio::sync::Mutex::new(Link {
                 negotiation: Negotiation {
                     wire,
                     v2_confirmed: false,
                 },
                 not_before: None,
+                failures: 0,
+                single_through: None,
             }),
+            wake: Notify::new(),
             counters: Counters::default(),
         })
     }
@@ -242,9 +282,15 @@ impl RemoteWriteSink {
         }
     }
 
+    fn lock_queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Take a cycle into the buffer, adding staleness markers for the series
-    /// of the previous cycle that are gone.
-    fn take_in(&self, state: &mut State, mut cycle: Cycle) -> Result<(), Error> {
+    /// of the previous cycle that are gone. Returns its sequence number.
+    fn take_in(&self, state: &mut Queue, mut cycle: Cycle) -> Result<u64, Error> {
         if let Some(last) = state.last_timestamp_ms
             && cycle.timestamp_ms <= last
         {
@@ -284,12 +330,65 @@ impl RemoteWriteSink {
         cycle.points.extend(ended);
         state.live = next_live;
         state.last_timestamp_ms = Some(cycle.timestamp_ms);
-        let evicted = state.buffer.push(cycle, now_ms());
+        let (seq, evicted) = state.buffer.push(cycle, now_ms());
         self.count_evicted(evicted);
-        Ok(())
+        self.set_buffered(state);
+        Ok(seq)
+    }
+
+    /// Take the snapshot into the queue and wake the sender; returns at
+    /// once. An error only for a snapshot that cannot be sent at all (not
+    /// newer than the previous one): the queue goes on regardless.
+    pub fn hand_off(&self, snapshot: &Snapshot) -> Result<u64, Error> {
+        let prepared = encode::prepare(snapshot, &self.external_labels);
+        if let Some(first) = prepared.invalid.first() {
+            self.counters
+                .drop_samples(DropReason::InvalidSeries, prepared.invalid.len());
+            tracing::warn!(target_name = %self.target, series = prepared.invalid.len(),
+                example = %first, "Series with invalid labels dropped");
+        }
+        let seq = {
+            let mut queue = self.lock_queue();
+            self.take_in(&mut queue, prepared.cycle)?
+        };
+        self.wake.notify_one();
+        Ok(seq)
+    }
+
+    /// Start this target's sender: a task that sends whatever is queued
+    /// each time a cycle is handed off, and while the target is down tries
+    /// again after a backoff (`Retry-After` honoured, capped), however often
+    /// cycles come. It lives as long as the process.
+    pub fn start_sender(self: Arc<Self>) {
+        tokio::spawn(async move {
+            loop {
+                self.wake.notified().await;
+                while let Err(wait) = self.send_queued().await {
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        });
+    }
+
+    /// One round of the sender: everything queued, or the wait before the
+    /// next try when the target is down.
+    async fn send_queued(&self) -> Result<(), Duration> {
+        let deadline = Instant::now() + self.publish_timeout();
+        let result = self.drain(deadline, None).await;
+        if result.is_ok() || self.lock_queue().buffer.is_empty() {
+            return Ok(());
+        }
+        let link = self.link.lock().await;
+        Err(match link.not_before {
+            Some(at) => at.saturating_duration_since(Instant::now()),
+            None => self.policy.backoff(link.failures.saturating_sub(1)),
+        })
     }
 
     fn count_evicted(&self, evicted: buffer::Evicted) {
+        if evicted == buffer::Evicted::default() {
+            return;
+        }
         if evicted.full > 0 {
             self.counters
                 .drop_samples(DropReason::BufferFull, evicted.full);
@@ -304,45 +403,70 @@ impl RemoteWriteSink {
         }
     }
 
-    /// Send buffered cycles oldest first until the buffer is empty, a cycle
-    /// still fails, or `deadline` comes. `current` is the timestamp of the
-    /// cycle the caller cares about: its refusal is reported as an error.
-    async fn drain(&self, state: &mut State, deadline: Instant, current: i64) -> Result<(), Error> {
-        let evicted = state.buffer.evict_expired(now_ms());
-        self.count_evicted(evicted);
-        let mut result = Ok(());
-        if let Some(not_before) = state.not_before {
+    /// Send queued cycles oldest first, in batches, until the queue is
+    /// empty, a request still fails, or `deadline` comes. `current` is the
+    /// sequence number of a cycle the caller waits for: its refusal is
+    /// reported as an error.
+    async fn drain(&self, deadline: Instant, current: Option<u64>) -> Result<(), Error> {
+        let mut link = self.link.lock().await;
+        {
+            let mut queue = self.lock_queue();
+            let evicted = queue.buffer.evict_expired(now_ms());
+            self.count_evicted(evicted);
+            self.set_buffered(&queue);
+        }
+        if let Some(not_before) = link.not_before {
             if not_before >= deadline {
-                self.set_buffered(state);
                 return Err(self.error(
                     Some(429),
                     "the receiver asked to wait (Retry-After); cycles stay buffered",
                 ));
             }
             tokio::time::sleep_until(not_before).await;
-            state.not_before = None;
+            link.not_before = None;
         }
+        let mut result = Ok(());
         loop {
-            let State {
-                buffer,
-                negotiation,
-                ..
-            } = &mut *state;
-            let Some(cycle) = buffer.front() else {
+            let batch = {
+                let queue = self.lock_queue();
+                let single = match (link.single_through, queue.buffer.front()) {
+                    (Some(through), Some(front)) => front.seq <= through,
+                    _ => false,
+                };
+                queue.buffer.batch(
+                    self.max_samples_per_send,
+                    if single { 1 } else { usize::MAX },
+                )
+            };
+            let Some(last) = batch.last() else {
                 break;
             };
-            let samples = cycle.sample_count();
-            let timestamp_ms = cycle.timestamp_ms;
+            let (first_seq, last_seq) = (batch[0].seq, last.seq);
+            let timestamp_ms = last.cycle.timestamp_ms;
+            let cycles: Vec<&Cycle> = batch.iter().map(|q| q.cycle.as_ref()).collect();
+            let samples: usize = cycles.iter().map(|c| c.sample_count()).sum();
             let request_deadline = deadline.min(Instant::now() + self.remote_timeout);
-            match self.deliver(cycle, negotiation, request_deadline).await {
+            match self
+                .deliver(&cycles, &mut link.negotiation, request_deadline)
+                .await
+            {
                 Ok(()) => {
-                    buffer.pop_front();
-                    self.counters
-                        .sent
-                        .fetch_add(samples as u64, Ordering::Relaxed);
-                    self.counters
-                        .last_success_ms
-                        .store(now_ms(), Ordering::Relaxed);
+                    self.lock_queue().buffer.remove_through(last_seq);
+                    let c = &self.counters;
+                    c.sent.fetch_add(samples as u64, Ordering::Relaxed);
+                    c.batches.fetch_add(1, Ordering::Relaxed);
+                    c.last_success_ms.store(now_ms(), Ordering::Relaxed);
+                    link.failures = 0;
+                }
+                Err((
+                    GaveUp {
+                        retriable: false, ..
+                    },
+                    _,
+                )) if batch.len() > 1 => {
+                    tracing::debug!(target_name = %self.target, cycles = batch.len(),
+                        "Remote-write batch refused, sending its cycles one by one");
+                    link.single_through = Some(last_seq);
                 }
                 Err((
                     GaveUp {
@@ -352,11 +476,11 @@ impl RemoteWriteSink {
                     },
                     reason,
                 )) => {
-                    buffer.pop_front();
+                    self.lock_queue().buffer.remove_through(last_seq);
                     self.counters.drop_samples(reason, samples);
                     tracing::warn!(target_name = %self.target, error = %error, samples,
                         timestamp_ms, "Remote-write request refused, samples dropped");
-                    if timestamp_ms == current {
+                    if current.is_some_and(|c| (first_seq..=last_seq).contains(&c)) {
                         result = Err(error);
                     }
                 }
@@ -369,35 +493,41 @@ impl RemoteWriteSink {
                     self.counters
                         .failed
                         .fetch_add(samples as u64, Ordering::Relaxed);
-                    state.not_before = not_before;
+                    link.not_before = not_before;
+                    link.failures = link.failures.saturating_add(1);
                     tracing::warn!(target_name = %self.target, error = %error,
-                        buffered_cycles = state.buffer.len(),
+                        buffered_cycles = self.lock_queue().buffer.len(),
                         "Remote-write target unavailable, cycles stay buffered");
                     result = Err(error);
                     break;
                 }
             }
         }
-        self.set_buffered(state);
+        self.set_buffered(&self.lock_queue());
         result
     }
 
-    fn set_buffered(&self, state: &State) {
-        self.counters
-            .buffered
-            .store(state.buffer.samples() as u64, Ordering::Relaxed);
+    fn set_buffered(&self, queue: &Queue) {
+        let c = &self.counters;
+        c.buffered
+            .store(queue.buffer.samples() as u64, Ordering::Relaxed);
+        c.oldest_buffered_ms.store(
+            queue.buffer.oldest_timestamp().unwrap_or(0),
+            Ordering::Relaxed,
+        );
     }
 
-    /// One cycle, with retries and protocol fallback, until `deadline`. A
+    /// One request of one or more cycles, with retries and protocol
+    /// fallback, until `deadline`. A
     /// failure comes with the reason to count its samples under, should it
     /// be final.
     async fn deliver(
         &self,
-        cycle: &Cycle,
+        cycles: &[&Cycle],
         negotiation: &mut Negotiation,
         deadline: Instant,
     ) -> Result<(), (GaveUp, DropReason)> {
-        let samples = cycle.sample_count();
+        let samples: usize = cycles.iter().map(|c| c.sample_count()).sum();
         // Atomics rather than Cells: the future must be Send. Only this
         // task touches them.
         let wire_v1 = AtomicBool::new(negotiation.wire == WireVersion::V1);
@@ -421,7 +551,7 @@ impl RemoteWriteSink {
                         WireVersion::V2
                     };
                     let body = bodies[version as usize].get_or_init(|| {
-                        encode::compress(&encode::encode(cycle, version))
+                        encode::compress(&encode::encode_batch(cycles, version))
                             .map(Bytes::from)
                             .map_err(|e| format!("snappy compression failed: {e}"))
                     });
@@ -485,6 +615,9 @@ impl RemoteWriteSink {
                             }
                             Attempt::Done(())
                         }
+                        Verdict::Retry if reply.status == 429 && !self.retry_on_http_429 => {
+                            Attempt::Fail(error())
+                        }
                         Verdict::Retry => Attempt::Retry {
                             error: error(),
                             after: if reply.status == 429 || reply.status == 503 {
@@ -547,48 +680,42 @@ impl Sink for RemoteWriteSink {
         "remote_write"
     }
 
-    /// Buffer the snapshot and send everything buffered, oldest first.
+    /// Hand the snapshot off, then deliver everything queued in this task.
     /// `Ok` when all is delivered; an error when the snapshot could not be
-    /// delivered now (it stays buffered when the failure may pass; a 4xx
+    /// delivered now (it stays queued when the failure may pass; a 4xx
     /// drops it and counts its samples). Returns within
     /// [`RemoteWriteSink::publish_timeout`] (+1 s).
     async fn publish(&self, snapshot: Arc<Snapshot>) -> Result<(), Error> {
         let deadline = Instant::now() + self.publish_timeout();
-        self.run_bounded("publish", async {
-            let mut state = self.state.lock().await;
-            let prepared = encode::prepare(&snapshot, &self.external_labels);
-            if let Some(first) = prepared.invalid.first() {
-                self.counters
-                    .drop_samples(DropReason::InvalidSeries, prepared.invalid.len());
-                tracing::warn!(target_name = %self.target, series = prepared.invalid.len(),
-                    example = %first, "Series with invalid labels dropped");
-            }
-            let timestamp_ms = prepared.cycle.timestamp_ms;
-            self.take_in(&mut state, prepared.cycle)?;
-            self.drain(&mut state, deadline, timestamp_ms).await
-        })
-        .await
+        let seq = RemoteWriteSink::hand_off(self, &snapshot)?;
+        self.run_bounded("publish", self.drain(deadline, Some(seq)))
+            .await
+    }
+
+    fn hand_off(&self, snapshot: Arc<Snapshot>) -> Result<(), Error> {
+        RemoteWriteSink::hand_off(self, &snapshot).map(|_| ())
+    }
+
+    fn start_sender(self: Arc<Self>) {
+        RemoteWriteSink::start_sender(self);
     }
 
     /// Mark every live series stale (at now, or just after the last cycle)
-    /// and send that with whatever is still buffered, within the same bound
+    /// and send that with whatever is still queued, within the same bound
     /// as a publish.
     async fn shutdown(&self) -> Result<(), Error> {
         let deadline = Instant::now() + self.publish_timeout();
-        self.run_bounded("shutdown", async {
-            let mut state = self.state.lock().await;
-            let timestamp_ms = now_ms().max(state.last_timestamp_ms.map_or(0, |t| t + 1));
+        let seq = {
+            let mut queue = self.lock_queue();
+            let timestamp_ms = now_ms().max(queue.last_timestamp_ms.map_or(0, |t| t + 1));
             let cycle = Cycle {
                 timestamp_ms,
                 points: Vec::new(),
             };
-            self.take_in(&mut state, cycle)?;
-            if state.buffer.is_empty() {
-                return Ok(());
-            }
-            self.drain(&mut state, deadline, timestamp_ms).await
-        })
-        .await
+            self.take_in(&mut queue, cycle)?
+        };
+        self.run_bounded("shutdown", self.drain(deadline, Some(seq)))
+            .await
     }
 
     fn self_metrics(&self) -> Vec<MetricFamily> {
@@ -640,6 +767,23 @@ impl Sink for RemoteWriteSink {
                 "Samples waiting in the outage buffer of a remote-write target.",
             )
             .with([("target", target)], load(&c.buffered)),
+            MetricFamily::gauge(
+                OLDEST_BUFFERED_AGE_SECONDS,
+                "Age of the oldest cycle waiting for a remote-write target (0 when none): how far behind it is.",
+            )
+            .with([("target", target)], {
+                let oldest = c.oldest_buffered_ms.load(Ordering::Relaxed);
+                if oldest == 0 {
+                    0.0
+                } else {
+                    (now_ms().saturating_sub(oldest)).max(0) as f64 / 1000.0
+                }
+            }),
+            MetricFamily::counter(
+                BATCHES_SENT_TOTAL,
+                "Remote-write requests delivered, each carrying one or more cycles.",
+            )
+            .with([("target", target)], load(&c.batches)),
             MetricFamily::gauge(
                 LAST_SUCCESS_TIMESTAMP_SECONDS,
                 "When a remote-write request to the target last succeeded (Unix seconds).",

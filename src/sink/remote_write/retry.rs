@@ -47,16 +47,28 @@ pub fn classify(status: u16) -> Verdict {
     }
 }
 
+/// The longest `Retry-After` honoured. A receiver asking for an hour may be
+/// back in a minute; past this the normal backoff takes over again.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5 * 60);
+
 /// Parse a `Retry-After` value: delta-seconds (`"120"`) or an HTTP-date
-/// (`"Wed, 21 Oct 2015 07:28:00 GMT"`). A date in the past means "now".
-/// Anything else is ignored (`None`), and the normal backoff applies.
+/// (`"Wed, 21 Oct 2015 07:28:00 GMT"`), cut to [`MAX_RETRY_AFTER`]. A date
+/// in the past means "now" (the backoff still applies: see
+/// [`RetryPolicy::wait`]). Anything else is ignored (`None`), and the normal
+/// backoff applies. No value can overflow: numbers too large for `u64` are
+/// cut like any other long wait.
 pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        let seconds = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(Duration::from_secs(seconds).min(MAX_RETRY_AFTER));
     }
     let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// The result of one attempt, as the closure given to [`RetryPolicy::run`]
@@ -107,6 +119,18 @@ impl RetryPolicy {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
+    /// The wait before retry number `retry`: the backoff, or the receiver's
+    /// `Retry-After` when it asks for longer (never shorter than the
+    /// backoff, so `Retry-After: 0` cannot make a tight loop; never longer
+    /// than [`MAX_RETRY_AFTER`]).
+    pub fn wait(&self, retry: u32, retry_after: Option<Duration>) -> Duration {
+        let backoff = self.backoff(retry);
+        match retry_after {
+            Some(after) => after.min(MAX_RETRY_AFTER).max(backoff),
+            None => backoff,
+        }
+    }
+
     /// Call `attempt` until it is done, fails for good, or `deadline` would be
     /// passed by the next wait. `attempt` gets the attempt number (0 first)
     /// and the time left before the deadline, to use as its own timeout.
@@ -116,15 +140,18 @@ impl RetryPolicy {
         Fut: Future<Output = Attempt<T>>,
     {
         let mut number = 0u32;
+        // A wait that overslept the deadline (a loaded machine) must still
+        // report what the last attempt said, not a bare timeout.
+        let mut last_error: Option<Error> = None;
         loop {
             let now = Instant::now();
             let left = deadline.saturating_duration_since(now);
             if left.is_zero() {
                 return Err(GaveUp {
-                    error: Error::Timeout {
+                    error: last_error.unwrap_or_else(|| Error::Timeout {
                         what: "remote-write request".to_string(),
                         timeout: Duration::ZERO,
-                    },
+                    }),
                     retriable: true,
                     not_before: None,
                 });
@@ -139,8 +166,8 @@ impl RetryPolicy {
                     });
                 }
                 Attempt::Retry { error, after } => {
-                    let wait = after.unwrap_or_else(|| self.backoff(number));
-                    let resume = Instant::now() + wait;
+                    let wait = self.wait(number, after);
+                    let resume = Instant::now().checked_add(wait).unwrap_or(deadline);
                     if resume >= deadline {
                         return Err(GaveUp {
                             error,
@@ -155,6 +182,7 @@ impl RetryPolicy {
                         "Remote-write request failed, retrying"
                     );
                     tokio::time::sleep_until(resume).await;
+                    last_error = Some(error);
                     number += 1;
                 }
             }
@@ -207,6 +235,55 @@ mod tests {
         let earlier = httpdate::fmt_http_date(now - Duration::from_secs(42));
         assert_eq!(parse_retry_after(&earlier, now), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn no_retry_after_value_can_overflow_stall_or_spin() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(3600));
+        let far = httpdate::fmt_http_date(now + Duration::from_secs(86_400 * 365));
+        let cases: [(&str, Option<Duration>); 9] = [
+            ("0", Some(Duration::ZERO)),
+            ("1", Some(Duration::from_secs(1))),
+            ("3600", Some(MAX_RETRY_AFTER)),
+            ("18446744073709551615", Some(MAX_RETRY_AFTER)),
+            ("99999999999999999999999999", Some(MAX_RETRY_AFTER)),
+            (&past, Some(Duration::ZERO)),
+            (&far, Some(MAX_RETRY_AFTER)),
+            ("-5", None),
+            ("\u{0}garbage", None),
+        ];
+        for (value, want) in cases {
+            assert_eq!(parse_retry_after(value, now), want, "{value:?}");
+        }
+        let p = RetryPolicy {
+            min_backoff: Duration::from_secs(2),
+            max_backoff: Duration::from_secs(30),
+        };
+        // Never below the backoff (no tight loop on `0` or a past date)...
+        assert!(p.wait(0, Some(Duration::ZERO)) >= Duration::from_secs(2));
+        // ... the receiver's wait when longer, capped.
+        assert_eq!(
+            p.wait(0, Some(Duration::from_secs(60))),
+            Duration::from_secs(60)
+        );
+        assert_eq!(p.wait(3, Some(Duration::MAX)), MAX_RETRY_AFTER);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_huge_retry_after_gives_up_at_the_deadline_without_panicking() {
+        let started = Instant::now();
+        let result: Result<(), GaveUp> = policy()
+            .run(started + Duration::from_secs(1), |_, _| async {
+                Attempt::Retry {
+                    error: server_error(),
+                    after: Some(Duration::MAX),
+                }
+            })
+            .await;
+        let gave_up = result.expect_err("gives up");
+        assert!(gave_up.retriable);
+        assert!(started.elapsed() < Duration::from_secs(1));
     }
 
     #[test]
