@@ -149,6 +149,10 @@ pub struct QueueConfig {
     /// Retry a 429 (after its `Retry-After`); when false a 429 drops the
     /// request like any other 4xx. Default true.
     pub retry_on_http_429: Option<bool>,
+    /// Ours, not Prometheus's: the most memory (bytes) the outage buffer
+    /// holds; the oldest cycles are dropped (and counted) past it. Default
+    /// 64 MiB.
+    pub max_bytes: Option<usize>,
     /// Ignored (Prometheus shards).
     pub capacity: Option<u64>,
     /// Ignored (Prometheus shards).
@@ -162,6 +166,9 @@ pub struct QueueConfig {
 
 /// Default of `queue_config.max_samples_per_send` (Prometheus's).
 pub const DEFAULT_MAX_SAMPLES_PER_SEND: usize = 2000;
+/// Default of `queue_config.max_bytes`: well inside the Deployment's memory
+/// limit, and an hour of 4,000 series every 60 s needs about a quarter.
+pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 impl std::fmt::Debug for RemoteWriteConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -280,6 +287,11 @@ impl RemoteWriteConfig {
         self.queue_config
             .max_samples_per_send
             .unwrap_or(DEFAULT_MAX_SAMPLES_PER_SEND)
+    }
+
+    /// `queue_config.max_bytes`, default 64 MiB.
+    pub fn max_bytes(&self) -> usize {
+        self.queue_config.max_bytes.unwrap_or(DEFAULT_MAX_BYTES)
     }
 
     /// The `queue_config` fields set that mean nothing here.

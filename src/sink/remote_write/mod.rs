@@ -73,6 +73,8 @@ pub const SAMPLES_DROPPED_TOTAL: &str =
     "vsphere_ci_user_sessions_remote_write_samples_dropped_total";
 /// Samples waiting in the outage buffer.
 pub const BUFFERED_SAMPLES: &str = "vsphere_ci_user_sessions_remote_write_buffered_samples";
+/// Memory the outage buffer holds (see `OutageBuffer::bytes`).
+pub const BUFFERED_BYTES: &str = "vsphere_ci_user_sessions_remote_write_buffered_bytes";
 /// Age of the oldest cycle waiting (0 when none): how far behind a target is.
 pub const OLDEST_BUFFERED_AGE_SECONDS: &str =
     "vsphere_ci_user_sessions_remote_write_oldest_buffered_age_seconds";
@@ -122,6 +124,7 @@ struct Counters {
     retried: AtomicU64,
     dropped: [AtomicU64; DROP_REASONS.len()],
     buffered: AtomicU64,
+    buffered_bytes: AtomicU64,
     /// Timestamp of the oldest cycle waiting, 0 when none.
     oldest_buffered_ms: AtomicI64,
     batches: AtomicU64,
@@ -244,6 +247,7 @@ impl RemoteWriteSink {
             queue: std::sync::Mutex::new(Queue {
                 buffer: buffer::OutageBuffer::new(
                     config.max_buffered_samples,
+                    config.max_bytes(),
                     config.sample_age_limit(),
                 ),
                 live: HashMap::new(),
@@ -310,27 +314,37 @@ impl RemoteWriteSink {
                 ),
             ));
         }
-        let mut next_live: HashMap<SeriesLabels, SeriesMeta> =
-            HashMap::with_capacity(cycle.points.len());
-        for p in &cycle.points {
-            next_live.insert(p.labels.clone(), p.meta);
-        }
+        let current: std::collections::HashSet<&SeriesLabels> =
+            cycle.points.iter().map(|p| &p.labels).collect();
         let mut ended: Vec<Point> = state
             .live
             .iter()
-            .filter(|(labels, _)| !next_live.contains_key(*labels))
+            .filter(|(labels, _)| !current.contains(labels))
             .map(|(labels, meta)| Point {
                 labels: labels.clone(),
                 meta: *meta,
                 value: encode::stale_nan(),
             })
             .collect();
+        drop(current);
         // Deterministic order, so resends and tests see the same request.
         ended.sort_by(|a, b| a.labels.cmp(&b.labels));
+        let ended_count = ended.len();
         cycle.points.extend(ended);
-        state.live = next_live;
         state.last_timestamp_ms = Some(cycle.timestamp_ms);
         let (seq, evicted) = state.buffer.push(cycle, now_ms());
+        // The live series point at the buffer's interned label sets, so
+        // they are held once. Stale markers end a series: not live.
+        let buffered = state
+            .buffer
+            .back()
+            .expect("the cycle just pushed is the newest")
+            .clone();
+        let live_points = &buffered.points[..buffered.points.len() - ended_count];
+        state.live = live_points
+            .iter()
+            .map(|p| (p.labels.clone(), p.meta))
+            .collect();
         self.count_evicted(evicted);
         self.set_buffered(state);
         Ok(seq)
@@ -511,6 +525,8 @@ impl RemoteWriteSink {
         let c = &self.counters;
         c.buffered
             .store(queue.buffer.samples() as u64, Ordering::Relaxed);
+        c.buffered_bytes
+            .store(queue.buffer.bytes() as u64, Ordering::Relaxed);
         c.oldest_buffered_ms.store(
             queue.buffer.oldest_timestamp().unwrap_or(0),
             Ordering::Relaxed,
@@ -767,6 +783,11 @@ impl Sink for RemoteWriteSink {
                 "Samples waiting in the outage buffer of a remote-write target.",
             )
             .with([("target", target)], load(&c.buffered)),
+            MetricFamily::gauge(
+                BUFFERED_BYTES,
+                "Memory the outage buffer of a remote-write target holds, in bytes.",
+            )
+            .with([("target", target)], load(&c.buffered_bytes)),
             MetricFamily::gauge(
                 OLDEST_BUFFERED_AGE_SECONDS,
                 "Age of the oldest cycle waiting for a remote-write target (0 when none): how far behind it is.",
