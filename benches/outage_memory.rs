@@ -69,11 +69,21 @@ fn main() {
     }
     let samples = gauge(&sink, BUFFERED_SAMPLES);
     let bytes = gauge(&sink, BUFFERED_BYTES);
+    let queued_rss = peak_rss_kib();
+    // What `once --state-file` would write for this queue.
+    let state = sink
+        .export_state()
+        .expect("a remote-write target has state");
+    let state = state.get();
     println!(
         "one-hour outage, {SERIES} series x {CYCLES} cycles: {samples} samples queued, \
-         {bytes} bytes ({:.1} bytes/sample); peak RSS {} KiB before, {} KiB after",
+         {bytes} bytes ({:.1} bytes/sample); peak RSS {} KiB at start, {} KiB with the \
+         queue full; its state file {} bytes ({:.1} bytes/sample), peak RSS {} KiB after writing it",
         bytes / samples,
         start_rss,
+        queued_rss,
+        state.len(),
+        state.len() as f64 / samples,
         peak_rss_kib()
     );
 }

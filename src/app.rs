@@ -165,6 +165,9 @@ pub async fn run(
     let cycle = Arc::new(cycle);
     match mode {
         Mode::Once => {
+            if let Some(path) = &config.state_file {
+                load_state(&cycle, path);
+            }
             // A signal during `once` (a CronJob's deadline, a node drain)
             // stops the cycle but still logs out, so no session is left.
             tokio::pin!(shutdown);
@@ -176,6 +179,13 @@ pub async fn run(
                 }
             };
             failures.extend(cycle.shutdown(false).await);
+            if let Some(path) = &config.state_file {
+                // What was not delivered is kept for the next run.
+                if let Err(e) = crate::state_file::save(path, cycle.export_states()) {
+                    error!(file = %path.display(), error = %e, "Writing the state file failed");
+                    failures.push(format!("state file {}: {e}", path.display()));
+                }
+            }
             if failures.is_empty() {
                 info!("Once: every source and sink succeeded");
                 Ok(0)
@@ -187,6 +197,9 @@ pub async fn run(
             }
         }
         Mode::Start => {
+            if let Some(path) = &config.state_file {
+                warn!(file = %path.display(), "The state file is for once only; start keeps its state in memory");
+            }
             // One shutdown signal fans out to the HTTP server and the
             // schedule.
             let (stop_tx, stop_rx) = watch::channel(false);
@@ -243,6 +256,30 @@ pub async fn run(
             info!("Stopped");
             result.map(|()| 0)
         }
+    }
+}
+
+/// Give the sinks what the last `once` run kept. A file that cannot be
+/// used is reported in one line (and set aside when it is damaged or not
+/// ours); the run goes on without it.
+fn load_state(cycle: &Cycle, path: &std::path::Path) {
+    use crate::state_file::{LoadError, load, set_aside};
+    match load(path) {
+        Ok(None) => info!(file = %path.display(), "No state file yet: a first run"),
+        Ok(Some(states)) => {
+            for problem in cycle.import_states(states) {
+                warn!(file = %path.display(), problem = %problem, "Part of the state file was not usable, going on without it");
+            }
+        }
+        Err(LoadError::Unreadable(e)) => {
+            warn!(file = %path.display(), error = %e, "Cannot read the state file, going on without it");
+        }
+        Err(LoadError::Invalid(e)) => match set_aside(path) {
+            Ok(aside) => warn!(file = %path.display(), error = %e, set_aside = %aside.display(),
+                "The state file is not usable, set it aside and going on without it"),
+            Err(rename) => warn!(file = %path.display(), error = %e, rename_error = %rename,
+                "The state file is not usable and could not be set aside, going on without it"),
+        },
     }
 }
 

@@ -153,4 +153,10 @@ pub struct Flags {
     /// Extra Pushgateway grouping label, `name=value` (repeatable).
     #[arg(long = "pushgateway-grouping", value_name = "NAME=VALUE")]
     pub pushgateway_grouping: Vec<String>,
+
+    /// `once` only: file where runs keep what the remote-write targets must
+    /// remember (series last sent, cycles not delivered), so series that
+    /// ended get stale markers and missed cycles are replayed next run.
+    #[arg(long, env = "STATE_FILE", value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
 }

@@ -81,6 +81,8 @@ pub struct Config {
     pub pushgateway: Option<PushgatewayConfig>,
     /// How leaked sessions are told from a running job's.
     pub leaks: LeakRules,
+    /// `once` only: where runs keep the sinks' state.
+    pub state_file: Option<PathBuf>,
 }
 
 /// The YAML file, as written by users. Every field is optional; see
@@ -120,6 +122,8 @@ pub struct FileConfig {
     /// How sessions are tied to jobs and told leaked.
     #[serde(default)]
     pub leaks: FileLeaks,
+    /// `once` only: where runs keep the sinks' state (`--state-file`).
+    pub state_file: Option<PathBuf>,
 }
 
 /// The `leaks:` block.
@@ -510,6 +514,7 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
         external_labels,
         pushgateway,
         leaks,
+        state_file: flags.state_file.clone().or(file.state_file),
     })
 }
 

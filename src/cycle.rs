@@ -421,6 +421,31 @@ impl Cycle {
         vec![vms, bytes, full_reads]
     }
 
+    /// Give each sink what an earlier run kept for it. Returns one line per
+    /// entry that could not be used (the sink goes on without it).
+    pub fn import_states(&self, mut states: crate::state_file::States) -> Vec<String> {
+        let mut problems = Vec::new();
+        for sink in &self.sinks {
+            let Some(key) = sink.state_key() else {
+                continue;
+            };
+            if let Some(state) = states.remove(&key)
+                && let Err(e) = sink.import_state(&state)
+            {
+                problems.push(format!("{key}: {e}"));
+            }
+        }
+        problems
+    }
+
+    /// What every sink must remember for the next run.
+    pub fn export_states(&self) -> crate::state_file::States {
+        self.sinks
+            .iter()
+            .filter_map(|sink| Some((sink.state_key()?, sink.export_state()?)))
+            .collect()
+    }
+
     /// End of a long-running process: stale markers and group deletion
     /// (each sink's own `shutdown`), then log out of every vCenter. `once`
     /// skips the sinks' part, since a stale marker right after the only push

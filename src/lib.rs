@@ -17,6 +17,7 @@
 //! - [`sink`]: the local `/metrics`, remote-write and the Pushgateway.
 //! - [`http`]: basic auth, TLS settings and the HTTP client shared by the pushing sinks.
 //! - [`schedule`]: cron or interval, cycles never overlapping.
+//! - [`state_file`]: what `once` keeps between runs (`--state-file`).
 //! - [`app`]: run modes (`start`, `once`) and shutdown.
 //! - [`error`], [`secret`]: the crate-wide error and the redacting secret type.
 //!
@@ -37,6 +38,7 @@ pub mod prow;
 pub mod schedule;
 pub mod secret;
 pub mod sink;
+pub mod state_file;
 pub mod vcenter;
 
 pub use error::Error;

@@ -39,6 +39,23 @@ pub trait Sink: Send + Sync {
     /// Start the task that delivers what is handed off (long-running mode).
     fn start_sender(self: Arc<Self>);
 
+    /// The key of this sink's entry in a `--state-file`; `None` when it
+    /// keeps nothing between `once` runs.
+    fn state_key(&self) -> Option<String> {
+        None
+    }
+
+    /// What this sink must remember for the next `once` run, as JSON.
+    fn export_state(&self) -> Option<Box<serde_json::value::RawValue>> {
+        None
+    }
+
+    /// Take back what an earlier run exported. An error (naming what is
+    /// wrong, never a value) leaves the sink as it was.
+    fn import_state(&self, _state: &serde_json::value::RawValue) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Called once on shutdown, after the last publish (stale markers, group
     /// deletion). Must return within the sink's own time bound.
     async fn shutdown(&self) -> Result<(), Error> {

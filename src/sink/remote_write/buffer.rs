@@ -129,6 +129,11 @@ impl OutageBuffer {
         (seq, evicted)
     }
 
+    /// Every buffered cycle, oldest first.
+    pub fn cycles(&self) -> impl Iterator<Item = &Cycle> {
+        self.cycles.iter().map(|q| q.cycle.as_ref())
+    }
+
     /// The newest cycle, as buffered (its label sets interned).
     pub fn back(&self) -> Option<&Arc<Cycle>> {
         self.cycles.back().map(|q| &q.cycle)

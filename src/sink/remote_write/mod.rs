@@ -27,6 +27,7 @@ pub mod config;
 pub mod encode;
 pub mod retry;
 pub mod service;
+pub mod state;
 
 /// Types generated from `proto/` (prost).
 pub mod proto {
@@ -714,6 +715,38 @@ impl Sink for RemoteWriteSink {
 
     fn start_sender(self: Arc<Self>) {
         RemoteWriteSink::start_sender(self);
+    }
+
+    fn state_key(&self) -> Option<String> {
+        Some(format!("remote_write/{}", self.target))
+    }
+
+    fn export_state(&self) -> Option<Box<serde_json::value::RawValue>> {
+        let queue = self.lock_queue();
+        let state = state::export(
+            queue.last_timestamp_ms,
+            queue.live.iter(),
+            queue.buffer.cycles(),
+        );
+        serde_json::value::to_raw_value(&state).ok()
+    }
+
+    fn import_state(&self, raw: &serde_json::value::RawValue) -> Result<(), String> {
+        let state: state::TargetState = serde_json::from_str(raw.get())
+            .map_err(|e| crate::kube_client::json_error_position(&e))?;
+        let imported = state::import(state)?;
+        let mut queue = self.lock_queue();
+        let mut evicted = buffer::Evicted::default();
+        for cycle in imported.backlog {
+            let (_, e) = queue.buffer.push(cycle, now_ms());
+            evicted.full += e.full;
+            evicted.too_old += e.too_old;
+        }
+        self.count_evicted(evicted);
+        queue.live = imported.live;
+        queue.last_timestamp_ms = imported.last_timestamp_ms;
+        self.set_buffered(&queue);
+        Ok(())
     }
 
     /// Mark every live series stale (at now, or just after the last cycle)
