@@ -179,6 +179,7 @@ pub async fn run(
                 }
             };
             failures.extend(cycle.shutdown(false).await);
+            failures.extend(cycle.behind());
             if let Some(path) = &config.state_file {
                 // What was not delivered is kept for the next run.
                 if let Err(e) = crate::state_file::save(path, cycle.export_states()) {

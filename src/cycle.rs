@@ -438,6 +438,11 @@ impl Cycle {
         problems
     }
 
+    /// One line per sink with cycles still waiting.
+    pub fn behind(&self) -> Vec<String> {
+        self.sinks.iter().filter_map(|sink| sink.behind()).collect()
+    }
+
     /// What every sink must remember for the next run.
     pub fn export_states(&self) -> crate::state_file::States {
         self.sinks

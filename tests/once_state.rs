@@ -126,6 +126,14 @@ async fn runs_remember_what_ended_and_what_was_not_delivered() {
     world.stub.default_reply(Reply::status(503));
     let (code, log) = world.once();
     assert_eq!(code, Some(1), "{log}");
+    let summary = log
+        .lines()
+        .find(|l| l.contains("Once failed"))
+        .unwrap_or_else(|| panic!("no summary line: {log}"));
+    assert!(
+        summary.contains("is behind: 1 cycle ("),
+        "the summary says the target is behind: {summary}"
+    );
     let state = state_json(&world.state);
     let backlog = &state["sinks"]
         .as_object()

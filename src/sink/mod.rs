@@ -39,6 +39,12 @@ pub trait Sink: Send + Sync {
     /// Start the task that delivers what is handed off (long-running mode).
     fn start_sender(self: Arc<Self>);
 
+    /// When cycles are still waiting for this sink: one line saying how
+    /// many and how old (for `once`'s summary). `None` when it is current.
+    fn behind(&self) -> Option<String> {
+        None
+    }
+
     /// The key of this sink's entry in a `--state-file`; `None` when it
     /// keeps nothing between `once` runs.
     fn state_key(&self) -> Option<String> {

@@ -721,6 +721,19 @@ impl Sink for RemoteWriteSink {
         Some(format!("remote_write/{}", self.target))
     }
 
+    fn behind(&self) -> Option<String> {
+        let queue = self.lock_queue();
+        let oldest = queue.buffer.oldest_timestamp()?;
+        let cycles = queue.buffer.len();
+        Some(format!(
+            "remote-write target {} is behind: {cycles} {} ({} samples) waiting, the oldest {} s old",
+            self.target,
+            if cycles == 1 { "cycle" } else { "cycles" },
+            queue.buffer.samples(),
+            now_ms().saturating_sub(oldest).max(0) / 1000
+        ))
+    }
+
     fn export_state(&self) -> Option<Box<serde_json::value::RawValue>> {
         let queue = self.lock_queue();
         let state = state::export(
