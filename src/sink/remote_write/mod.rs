@@ -25,6 +25,7 @@
 pub mod buffer;
 pub mod config;
 pub mod encode;
+pub mod negotiate;
 pub mod retry;
 pub mod service;
 pub mod state;
@@ -53,7 +54,7 @@ use tokio::time::Instant;
 
 pub use config::{Protocol, RemoteWriteConfig};
 use encode::{Cycle, Point, SeriesLabels, SeriesMeta, WireVersion};
-use retry::{Attempt, GaveUp, RetryPolicy, Verdict};
+use retry::{Attempt, GaveUp, RetryPolicy};
 
 use crate::error::Error;
 use crate::metrics::{MetricFamily, Snapshot};
@@ -593,71 +594,56 @@ impl RemoteWriteSink {
                     self.counters.request(&reply.status.to_string());
                     tracing::debug!(target_name = %self.target, protocol = version.as_str(),
                         samples, status = reply.status, "Remote-write request");
-                    let auto = self.protocol == Protocol::Auto;
                     let error = || {
                         self.error(
                             Some(reply.status),
                             format!("HTTP {}: {}", reply.status, reply.body),
                         )
                     };
-                    match retry::classify(reply.status) {
-                        Verdict::Delivered => {
-                            if version == WireVersion::V2 {
-                                if reply.samples_written.is_some() {
-                                    confirmed.store(true, Ordering::Relaxed);
-                                } else if auto {
-                                    // A 1.0-only receiver decodes a 2.0 body as an
-                                    // empty 1.0 message and says 204: nothing was
-                                    // written. Resend as 1.0 (a receiver that did
-                                    // write it takes the same samples again).
-                                    tracing::warn!(target_name = %self.target,
-                                        "Receiver did not confirm a remote-write 2.0 request, \
-                                         falling back to 1.0");
-                                    wire_v1.store(true, Ordering::Relaxed);
-                                    return Attempt::Retry {
-                                        error: self.error(
-                                            Some(reply.status),
-                                            "2xx without X-Prometheus-Remote-Write-Samples-Written",
-                                        ),
-                                        after: Some(Duration::ZERO),
-                                    };
-                                } else {
-                                    // Explicit 2.0: the same answer would come again,
-                                    // and the samples were most likely not written.
-                                    unsupported.store(true, Ordering::Relaxed);
-                                    return Attempt::Fail(
-                                        self.error(Some(reply.status), UNSUPPORTED_V2_MESSAGE),
-                                    );
-                                }
+                    let known = negotiate::Known {
+                        protocol: self.protocol,
+                        sent: version,
+                        v2_confirmed: confirmed.load(Ordering::Relaxed),
+                        retry_on_http_429: self.retry_on_http_429,
+                    };
+                    let answer = negotiate::Answer {
+                        status: reply.status,
+                        samples_written: reply.samples_written.is_some(),
+                    };
+                    match negotiate::next(known, answer) {
+                        negotiate::Next::Delivered { confirmed_v2 } => {
+                            if confirmed_v2 {
+                                confirmed.store(true, Ordering::Relaxed);
                             }
                             Attempt::Done(())
                         }
-                        Verdict::Retry if reply.status == 429 && !self.retry_on_http_429 => {
-                            Attempt::Fail(error())
+                        negotiate::Next::FallBackToV1 => {
+                            // Resend as 1.0 (a receiver that did write the
+                            // 2.0 body takes the same samples again).
+                            tracing::warn!(target_name = %self.target, status = reply.status,
+                                body = %reply.body,
+                                "Receiver does not speak remote-write 2.0, falling back to 1.0");
+                            wire_v1.store(true, Ordering::Relaxed);
+                            Attempt::Retry {
+                                error: error(),
+                                after: Some(Duration::ZERO),
+                            }
                         }
-                        Verdict::Retry => Attempt::Retry {
+                        negotiate::Next::Unsupported => {
+                            // The same answer would come again, and the
+                            // samples were most likely not written.
+                            unsupported.store(true, Ordering::Relaxed);
+                            Attempt::Fail(self.error(Some(reply.status), UNSUPPORTED_V2_MESSAGE))
+                        }
+                        negotiate::Next::RetryLater { honour_retry_after } => Attempt::Retry {
                             error: error(),
-                            after: if reply.status == 429 || reply.status == 503 {
+                            after: if honour_retry_after {
                                 reply.retry_after
                             } else {
                                 None
                             },
                         },
-                        Verdict::Refused => {
-                            let v1_only = reply.status == 415
-                                || (reply.status == 400 && !confirmed.load(Ordering::Relaxed));
-                            if version == WireVersion::V2 && auto && v1_only {
-                                tracing::warn!(target_name = %self.target, status = reply.status,
-                                    body = %reply.body,
-                                    "Receiver refused remote-write 2.0, falling back to 1.0");
-                                wire_v1.store(true, Ordering::Relaxed);
-                                return Attempt::Retry {
-                                    error: error(),
-                                    after: Some(Duration::ZERO),
-                                };
-                            }
-                            Attempt::Fail(error())
-                        }
+                        negotiate::Next::Refused => Attempt::Fail(error()),
                     }
                 }
             })
