@@ -1,6 +1,7 @@
-//! HTTP settings shared by the sinks that push over HTTP (remote-write and
-//! the Pushgateway): basic authentication, TLS, credential files and the
-//! `reqwest` client they configure.
+//! HTTP shared by the sinks that push over HTTP (remote-write and the
+//! Pushgateway): basic authentication, TLS, credential files, the `reqwest`
+//! client they configure, how a request is authenticated ([`Auth`]) and how
+//! an error body is read (bounded: [`read_error_body`]).
 //!
 //! The field names are those of Prometheus's `basic_auth` and `tls_config`
 //! blocks (<https://prometheus.io/docs/prometheus/latest/configuration/configuration/#tls_config>)
@@ -119,6 +120,164 @@ pub fn read_credential(path: &Path, field: &str) -> Result<Secret, Error> {
         context: format!("reading {field} {}", path.display()),
         source,
     })
+}
+
+/// A credential given inline, or a file read at every use so a rotated
+/// Kubernetes Secret is picked up without a restart.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// Nothing set (an empty password, as Prometheus sends then).
+    Empty,
+    Inline(Secret),
+    /// `field` names the setting, for errors.
+    File {
+        path: PathBuf,
+        field: String,
+    },
+}
+
+impl Credential {
+    /// From an inline value and a file setting (at most one is set; the
+    /// sinks' validation refuses both).
+    pub fn from_parts(inline: Option<&Secret>, file: Option<&Path>, field: &str) -> Credential {
+        match (inline, file) {
+            (_, Some(path)) => Credential::File {
+                path: path.to_path_buf(),
+                field: field.to_string(),
+            },
+            (Some(secret), None) => Credential::Inline(secret.clone()),
+            (None, None) => Credential::Empty,
+        }
+    }
+
+    /// The credential now (files are read again). An empty file is an
+    /// error: it is a mount gone wrong, not a password.
+    pub fn load(&self) -> Result<Secret, Error> {
+        match self {
+            Credential::Empty => Ok(Secret::default()),
+            Credential::Inline(secret) => Ok(secret.clone()),
+            Credential::File { path, field } => {
+                let secret = read_credential(path, field)?;
+                if secret.is_empty() {
+                    return Err(Error::Config(format!(
+                        "{field}: {} is empty",
+                        path.display()
+                    )));
+                }
+                Ok(secret)
+            }
+        }
+    }
+}
+
+/// How a sink authenticates its requests: the `Authorization` header.
+#[derive(Debug, Clone)]
+pub enum Auth {
+    None,
+    /// `Authorization: Basic base64(user:password)`.
+    Basic {
+        username: String,
+        password: Credential,
+    },
+    /// `Authorization: <scheme> <credentials>` (`Bearer` for tokens).
+    Header {
+        scheme: String,
+        credentials: Credential,
+    },
+}
+
+impl Auth {
+    /// The `Authorization` header value now, credential files read again;
+    /// marked sensitive so no HTTP-level log shows it.
+    pub fn header_value(&self) -> Result<Option<reqwest::header::HeaderValue>, Error> {
+        let value = match self {
+            Auth::None => return Ok(None),
+            Auth::Basic { username, password } => {
+                use base64::Engine as _;
+                let raw = format!("{username}:{}", password.load()?.expose());
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(raw)
+                )
+            }
+            Auth::Header {
+                scheme,
+                credentials,
+            } => format!("{scheme} {}", credentials.load()?.expose()),
+        };
+        let mut value = reqwest::header::HeaderValue::from_str(&value).map_err(|_| {
+            Error::Config("credentials are not a valid HTTP header value".to_string())
+        })?;
+        value.set_sensitive(true);
+        Ok(Some(value))
+    }
+
+    /// Add the header to a request.
+    pub fn apply(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::RequestBuilder, Error> {
+        Ok(match self.header_value()? {
+            Some(value) => request.header(reqwest::header::AUTHORIZATION, value),
+            None => request,
+        })
+    }
+
+    /// Fail at start, not at the first push, when a credential file is
+    /// missing or empty.
+    pub fn check(&self) -> Result<(), Error> {
+        self.header_value().map(drop)
+    }
+}
+
+/// Error bodies are read up to this many bytes; the rest is not waited for.
+pub const MAX_READ_BODY: usize = 64 * 1024;
+/// Error bodies are shown (logs, errors) up to this many bytes.
+pub const MAX_SHOWN_BODY: usize = 1024;
+
+/// The body of a refused request, read up to [`MAX_READ_BODY`] bytes within
+/// `left`, trimmed and cut to [`MAX_SHOWN_BODY`] for a log line. Never
+/// parsed: operators see what the peer said. A peer sending an endless or
+/// trickling body costs at most those bytes and that time.
+pub async fn read_error_body(mut response: reqwest::Response, left: Duration) -> String {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut more = false;
+    let mut failed = None;
+    let read = async {
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    let room = MAX_READ_BODY - buf.len();
+                    buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+                    if buf.len() >= MAX_READ_BODY {
+                        more = true;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(left, read).await;
+    if let (Some(e), true) = (failed, buf.is_empty()) {
+        return format!("(body unreadable: {})", error_chain(&e.without_url()));
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let text = text.trim_end();
+    let cut = crate::error::truncate_body(text, MAX_SHOWN_BODY);
+    if more {
+        // Not read to the end: say so rather than give a wrong length.
+        cut.replace(
+            &format!("({} bytes in all)", text.len()),
+            &format!("(over {MAX_READ_BODY} bytes)"),
+        )
+    } else {
+        cut
+    }
 }
 
 /// A client builder with `user_agent`, `connect_timeout` and the TLS

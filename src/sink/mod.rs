@@ -10,6 +10,7 @@
 
 pub mod pushgateway;
 pub mod remote_write;
+pub mod retry;
 pub mod scrape;
 
 use std::sync::Arc;

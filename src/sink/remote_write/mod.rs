@@ -26,7 +26,8 @@ pub mod buffer;
 pub mod config;
 pub mod encode;
 pub mod negotiate;
-pub mod retry;
+/// The retry policy, shared with the Pushgateway (`crate::sink::retry`).
+pub use crate::sink::retry;
 pub mod service;
 pub mod state;
 

@@ -9,7 +9,6 @@
 //! `bearer_token_file`) are read at every request, so a rotated Kubernetes
 //! Secret is picked up without a restart.
 
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -18,9 +17,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use super::config::RemoteWriteConfig;
 use super::encode::WireVersion;
 use super::retry::parse_retry_after;
-use crate::error::{Error, error_chain, truncate_body};
-use crate::http::{BasicAuth, client_builder, read_credential};
-use crate::secret::Secret;
+use crate::error::{Error, error_chain};
+use crate::http::{Auth, Credential, client_builder, read_error_body};
 
 /// `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("vsphere-ci-session-metrics/", env!("CARGO_PKG_VERSION"));
@@ -31,23 +29,7 @@ pub const SAMPLES_WRITTEN_HEADER: &str = "X-Prometheus-Remote-Write-Samples-Writ
 /// Tenant header of Mimir, Cortex and Thanos.
 pub const TENANT_HEADER: &str = "X-Scope-OrgID";
 /// Error bodies are logged up to this many bytes.
-pub const MAX_LOGGED_BODY: usize = 1024;
-/// Error bodies are read up to this many bytes; the rest is not waited for.
-const MAX_READ_BODY: usize = 64 * 1024;
-
-/// How to authenticate.
-#[derive(Debug, Clone)]
-enum Auth {
-    None,
-    Basic(BasicAuth),
-    Header {
-        scheme: String,
-        credentials: Option<Secret>,
-        credentials_file: Option<PathBuf>,
-        /// The setting `credentials_file` came from, for errors.
-        file_field: &'static str,
-    },
-}
+pub const MAX_LOGGED_BODY: usize = crate::http::MAX_SHOWN_BODY;
 
 /// What a receiver answered.
 #[derive(Debug, Clone)]
@@ -115,20 +97,31 @@ impl HttpService {
         );
 
         let auth = if let Some(b) = &config.basic_auth {
-            Auth::Basic(b.clone())
+            Auth::Basic {
+                username: b.username.clone(),
+                password: Credential::from_parts(
+                    b.password.as_ref(),
+                    b.password_file.as_deref(),
+                    "remote_write.basic_auth.password_file",
+                ),
+            }
         } else if let Some(a) = &config.authorization {
             Auth::Header {
                 scheme: a.auth_type.clone(),
-                credentials: a.credentials.clone(),
-                credentials_file: a.credentials_file.clone(),
-                file_field: "remote_write.authorization.credentials_file",
+                credentials: Credential::from_parts(
+                    a.credentials.as_ref(),
+                    a.credentials_file.as_deref(),
+                    "remote_write.authorization.credentials_file",
+                ),
             }
         } else if config.bearer_token.is_some() || config.bearer_token_file.is_some() {
             Auth::Header {
                 scheme: "Bearer".to_string(),
-                credentials: config.bearer_token.clone(),
-                credentials_file: config.bearer_token_file.clone(),
-                file_field: "remote_write.bearer_token_file",
+                credentials: Credential::from_parts(
+                    config.bearer_token.as_ref(),
+                    config.bearer_token_file.as_deref(),
+                    "remote_write.bearer_token_file",
+                ),
             }
         } else {
             Auth::None
@@ -142,42 +135,8 @@ impl HttpService {
         };
         // Fail at start, not at the first cycle, when a credentials file is
         // missing; it is read again at every request.
-        service.authorization()?;
+        service.auth.check()?;
         Ok(service)
-    }
-
-    /// The `Authorization` header value, reading credential files now.
-    fn authorization(&self) -> Result<Option<HeaderValue>, Error> {
-        let value = match &self.auth {
-            Auth::None => return Ok(None),
-            Auth::Basic(basic) => {
-                let password = basic.password("remote_write.basic_auth")?;
-                use base64::Engine as _;
-                let raw = format!("{}:{}", basic.username, password.expose());
-                format!(
-                    "Basic {}",
-                    base64::engine::general_purpose::STANDARD.encode(raw)
-                )
-            }
-            Auth::Header {
-                scheme,
-                credentials,
-                credentials_file,
-                file_field,
-            } => {
-                let credentials = match (credentials, credentials_file) {
-                    (Some(c), _) => c.clone(),
-                    (None, Some(f)) => read_credential(f, file_field)?,
-                    (None, None) => Secret::default(),
-                };
-                format!("{scheme} {}", credentials.expose())
-            }
-        };
-        let mut value = HeaderValue::from_str(&value).map_err(|_| {
-            Error::Config("remote_write: credentials are not a valid header value".to_string())
-        })?;
-        value.set_sensitive(true);
-        Ok(Some(value))
     }
 
     /// Remove the URL and its query from a message, should a lower layer
@@ -223,9 +182,7 @@ impl HttpService {
             .header(VERSION_HEADER, version.version_header())
             .timeout(timeout)
             .body(body);
-        if let Some(auth) = self.authorization()? {
-            request = request.header(reqwest::header::AUTHORIZATION, auth);
-        }
+        request = self.auth.apply(request)?;
         let response = request.send().await.map_err(|e| {
             let what = if e.is_timeout() {
                 format!("no answer within {timeout:?}")
@@ -259,35 +216,5 @@ impl HttpService {
             samples_written,
             body,
         })
-    }
-}
-
-/// Read at most [`MAX_READ_BODY`] bytes of an error body within `left`, and
-/// cut it for the log. The body is never parsed: operators see what the
-/// receiver said.
-async fn read_error_body(mut response: reqwest::Response, left: Duration) -> String {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut more = false;
-    let read = async {
-        while let Ok(Some(chunk)) = response.chunk().await {
-            buf.extend_from_slice(&chunk);
-            if buf.len() >= MAX_READ_BODY {
-                more = true;
-                break;
-            }
-        }
-    };
-    let _ = tokio::time::timeout(left, read).await;
-    let text = String::from_utf8_lossy(&buf);
-    let text = text.trim_end();
-    let cut = truncate_body(text, MAX_LOGGED_BODY);
-    if more {
-        // Not read to the end: say so rather than give a wrong length.
-        cut.replace(
-            &format!("({} bytes in all)", text.len()),
-            &format!("(over {MAX_READ_BODY} bytes)"),
-        )
-    } else {
-        cut
     }
 }

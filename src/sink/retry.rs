@@ -1,10 +1,12 @@
-//! When to try a remote-write request again, and how long to wait.
+//! When to try a request again, and how long to wait: the one retry policy
+//! of every sink (remote-write and the Pushgateway).
 //!
 //! The rules of the Remote-Write 1.0 spec
-//! (<https://prometheus.io/docs/specs/remote_write_spec/#retries-backoff>):
-//! 5xx and network failures are retried with backoff; 429 is retried, waiting
-//! as long as `Retry-After` asks (delta-seconds or an HTTP-date); any other
-//! 4xx is final, since the same request would be refused again.
+//! (<https://prometheus.io/docs/specs/remote_write_spec/#retries-backoff>),
+//! which suit the Pushgateway too: 5xx and network failures are retried
+//! with backoff; 429 is retried, waiting as long as `Retry-After` asks
+//! (delta-seconds or an HTTP-date, capped); any other 4xx is final, since
+//! the same request would be refused again.
 //!
 //! Backoff is exponential with full jitter between `min_backoff` and
 //! `max_backoff` (the names of Prometheus's `queue_config`), and every retry
@@ -134,7 +136,23 @@ impl RetryPolicy {
     /// Call `attempt` until it is done, fails for good, or `deadline` would be
     /// passed by the next wait. `attempt` gets the attempt number (0 first)
     /// and the time left before the deadline, to use as its own timeout.
-    pub async fn run<T, F, Fut>(&self, deadline: Instant, mut attempt: F) -> Result<T, GaveUp>
+    pub async fn run<T, F, Fut>(&self, deadline: Instant, attempt: F) -> Result<T, GaveUp>
+    where
+        F: FnMut(u32, Duration) -> Fut,
+        Fut: Future<Output = Attempt<T>>,
+    {
+        self.run_for("remote-write request", deadline, attempt)
+            .await
+    }
+
+    /// [`run`](Self::run) for requests of another kind: `what` names them
+    /// in logs and in the timeout error (`Pushgateway request`).
+    pub async fn run_for<T, F, Fut>(
+        &self,
+        what: &str,
+        deadline: Instant,
+        mut attempt: F,
+    ) -> Result<T, GaveUp>
     where
         F: FnMut(u32, Duration) -> Fut,
         Fut: Future<Output = Attempt<T>>,
@@ -149,7 +167,7 @@ impl RetryPolicy {
             if left.is_zero() {
                 return Err(GaveUp {
                     error: last_error.unwrap_or_else(|| Error::Timeout {
-                        what: "remote-write request".to_string(),
+                        what: what.to_string(),
                         timeout: Duration::ZERO,
                     }),
                     retriable: true,
@@ -176,10 +194,11 @@ impl RetryPolicy {
                         });
                     }
                     tracing::warn!(
+                        request = what,
                         error = %error,
                         attempt = number + 1,
                         wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                        "Remote-write request failed, retrying"
+                        "Request failed, retrying"
                     );
                     tokio::time::sleep_until(resume).await;
                     last_error = Some(error);

@@ -31,27 +31,30 @@
 //! `samples_dropped_total` (refused with a 4xx, or a duplicate removed before
 //! sending); `samples_retried_total` counts each re-send of a sample.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::path::PathBuf;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use bytes::Bytes;
 use reqwest::{Method, StatusCode};
-use serde::{Deserialize, Deserializer};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 use url::Url;
 
-use crate::error::{Error, error_chain, truncate_body};
+pub mod config;
+mod group;
+
+pub use config::{DEFAULT_JOB, DEFAULT_TIMEOUT, PushgatewayConfig, SERIES_LABELS};
+use group::group_url;
+
+use crate::error::{Error, error_chain};
+use crate::http::{Auth, Credential, client_builder, read_error_body};
 pub use crate::http::{BasicAuth, TlsConfig};
-use crate::http::{client_builder, deserialize_opt_secret, read_credential};
 use crate::metrics::{Labels, MetricFamily, Sample, Snapshot};
-use crate::secret::Secret;
 use crate::sink::Sink;
+use crate::sink::retry::{Attempt, RetryPolicy};
 
 /// Pushes (one per cycle) attempted, successful or not.
 pub const PUSHES_TOTAL: &str = "vsphere_ci_user_sessions_pushgateway_pushes_total";
@@ -72,336 +75,17 @@ pub const SAMPLES_RETRIED_TOTAL: &str =
 pub const SAMPLES_DROPPED_TOTAL: &str =
     "vsphere_ci_user_sessions_pushgateway_samples_dropped_total";
 
-/// Labels of the reporter's own series (see `crate::metrics`). As grouping
-/// labels they would be overwritten by the gateway and dropped from each
-/// sample, so series differing only in them would collide and the gateway
-/// would refuse the whole push.
-pub const SERIES_LABELS: &[&str] = &[
-    "username",
-    "user_agent",
-    "ci_job",
-    "build_id",
-    "pull_request",
-    "vcenter",
-    "collector",
-    "target",
-    "reason",
-    "code",
-    "__name__",
-];
-
-/// The `job` grouping label when none is configured.
-pub const DEFAULT_JOB: &str = "vsphere-ci-session-metrics";
-/// Time allowed to each request when none is configured.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Text format 0.0.4, the one every Pushgateway version parses.
 const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Requests per push or delete: one try and two retries. With the default
 /// 10 s timeout a push gives up within 30 s, well inside a typical cycle.
 const MAX_ATTEMPTS: u32 = 3;
-/// Backoff before the first retry, doubled for each further one. No jitter:
-/// one reporter pushes to one gateway, there is no herd to spread.
-const FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const MAX_BACKOFF: Duration = Duration::from_secs(2);
-/// Error bodies are read up to this size; the gateway's own messages are a
-/// few hundred bytes, a proxy's HTML page may be more.
-const MAX_ERROR_BODY_READ: usize = 64 * 1024;
-/// ... and cut to this size in the error message.
-const MAX_ERROR_BODY_SHOWN: usize = 1024;
-
-/// Where and how to push. Every field but `url` has a default.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PushgatewayConfig {
-    /// Base URL of the Pushgateway, e.g. `http://pushgateway:9091`. A path
-    /// (a reverse proxy's prefix) is kept; `/metrics/job/...` is appended.
-    #[serde(deserialize_with = "deserialize_url")]
-    pub url: Url,
-    /// Value of the `job` grouping label.
-    #[serde(default = "default_job")]
-    pub job: String,
-    /// Further grouping labels, e.g. `instance` when several reporters share
-    /// one gateway: each reporter then owns its own group.
-    #[serde(default)]
-    pub grouping: BTreeMap<String, String>,
-    /// Time allowed to each request (`10s`, `1m30s`, or a bare number of
-    /// seconds). A push with its retries takes at most three times this.
-    #[serde(
-        default = "default_timeout",
-        deserialize_with = "crate::config::deserialize_duration"
-    )]
-    pub timeout: Duration,
-    /// Delete the group on shutdown, so a reporter that is gone leaves no
-    /// frozen series behind. Off by default: during a rolling update the new
-    /// reporter pushes the same group anyway.
-    #[serde(default)]
-    pub delete_on_shutdown: bool,
-    /// HTTP basic authentication (e.g. a Pushgateway behind an auth proxy or
-    /// its own `--web.config.file`).
-    #[serde(default)]
-    pub basic_auth: Option<BasicAuth>,
-    /// Bearer token sent as `Authorization: Bearer ...`.
-    #[serde(default, deserialize_with = "deserialize_opt_secret")]
-    pub bearer_token: Option<Secret>,
-    /// File holding the bearer token, read at every push so a rotated
-    /// Kubernetes Secret is picked up without a restart.
-    #[serde(default)]
-    pub bearer_token_file: Option<PathBuf>,
-    /// TLS settings for an `https` URL (named as in Prometheus and the
-    /// remote_write block). Both the bundled Mozilla (webpki) roots and the
-    /// system's roots are always trusted.
-    #[serde(default)]
-    pub tls_config: TlsConfig,
-}
-
-fn default_job() -> String {
-    DEFAULT_JOB.to_string()
-}
-
-fn default_timeout() -> Duration {
-    DEFAULT_TIMEOUT
-}
-
-fn deserialize_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Url, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    // The text is not echoed: a URL may carry credentials.
-    Url::parse(&text).map_err(|e| serde::de::Error::custom(format!("invalid URL: {e}")))
-}
-
-impl PushgatewayConfig {
-    /// A config for `url` with every other field at its default.
-    pub fn new(url: Url) -> Self {
-        PushgatewayConfig {
-            url,
-            job: default_job(),
-            grouping: BTreeMap::new(),
-            timeout: DEFAULT_TIMEOUT,
-            delete_on_shutdown: false,
-            basic_auth: None,
-            bearer_token: None,
-            bearer_token_file: None,
-            tls_config: TlsConfig::default(),
-        }
-    }
-
-    /// Check what can be checked without the network. Messages name the
-    /// field (`pushgateway.<field>`).
-    pub fn validate(&self) -> Result<(), Error> {
-        let bad =
-            |field: &str, why: String| Err(Error::Config(format!("pushgateway.{field}: {why}")));
-        if !matches!(self.url.scheme(), "http" | "https") {
-            return bad(
-                "url",
-                format!("scheme must be http or https, got {:?}", self.url.scheme()),
-            );
-        }
-        if self.url.cannot_be_a_base() || self.url.host().is_none() {
-            return bad("url", format!("{:?} has no host", self.url.as_str()));
-        }
-        if !self.url.username().is_empty() || self.url.password().is_some() {
-            // A URL is printed in logs and errors; credentials must not be.
-            return bad(
-                "url",
-                "must not carry credentials; use pushgateway.basic_auth".to_string(),
-            );
-        }
-        if self.url.query().is_some() || self.url.fragment().is_some() {
-            return bad("url", "must not have a query or a fragment".to_string());
-        }
-        if self.job.is_empty() {
-            return bad("job", "must not be empty".to_string());
-        }
-        for name in self.grouping.keys() {
-            if name == "job" {
-                return bad(
-                    "grouping",
-                    "\"job\" is set by pushgateway.job, not here".to_string(),
-                );
-            }
-            if !crate::metrics::is_valid_label_name(name) {
-                return bad(
-                    "grouping",
-                    format!("{name:?} is not a valid Prometheus label name"),
-                );
-            }
-            if name.starts_with("__") {
-                return bad(
-                    "grouping",
-                    format!("{name:?}: names starting with \"__\" are reserved"),
-                );
-            }
-            if SERIES_LABELS.contains(&name.as_str()) {
-                return bad(
-                    "grouping",
-                    format!(
-                        "{name:?} is a label of the reporter's own series; the gateway \
-                         would overwrite it, series differing only in it would collide \
-                         and the whole push would be refused"
-                    ),
-                );
-            }
-        }
-        if self.timeout.is_zero() {
-            return bad("timeout", "must be more than 0".to_string());
-        }
-        if let Some(basic) = &self.basic_auth {
-            basic.validate("pushgateway.basic_auth")?;
-            // Stricter than remote-write (which, like Prometheus, sends an
-            // empty password): this sink has always asked for one.
-            if basic.password.is_none() && basic.password_file.is_none() {
-                return bad("basic_auth", "needs password or password_file".to_string());
-            }
-        }
-        if self.bearer_token.is_some() && self.bearer_token_file.is_some() {
-            return bad(
-                "bearer_token",
-                "set one of bearer_token and bearer_token_file, not both".to_string(),
-            );
-        }
-        if self.basic_auth.is_some()
-            && (self.bearer_token.is_some() || self.bearer_token_file.is_some())
-        {
-            return bad(
-                "basic_auth",
-                "set either basic_auth or a bearer token, not both".to_string(),
-            );
-        }
-        self.tls_config
-            .validate("pushgateway.tls_config", self.url.host_str())
-    }
-}
-
-/// The group's URL: `<base>/metrics/job/<job>{/<label>/<value>}`.
-fn group_url(base: &Url, job: &str, grouping: &BTreeMap<String, String>) -> Result<Url, Error> {
-    let mut url = base.clone();
-    {
-        let mut segments = url.path_segments_mut().map_err(|()| {
-            Error::Config(format!(
-                "pushgateway.url: {:?} cannot be a base URL",
-                base.as_str()
-            ))
-        })?;
-        segments.pop_if_empty().push("metrics");
-        for (name, value) in std::iter::once(("job", job)).chain(
-            grouping
-                .iter()
-                .map(|(name, value)| (name.as_str(), value.as_str())),
-        ) {
-            if needs_base64(value) {
-                segments.push(&format!("{name}@base64"));
-                segments.push(&encode_base64(value));
-            } else {
-                // `push` percent-encodes the segment.
-                segments.push(name);
-                segments.push(value);
-            }
-        }
-    }
-    Ok(url)
-}
-
-/// Values the Pushgateway can only read in base64: a `/` would split the
-/// segment (even encoded as `%2F`), and an empty or dot segment disappears
-/// when the path is cleaned.
-fn needs_base64(value: &str) -> bool {
-    value.is_empty() || value.contains('/') || value == "." || value == ".."
-}
-
-/// RFC 4648 URL-safe base64; the Pushgateway reads a lone `=` as the empty
-/// value (its README, "URL" section).
-fn encode_base64(value: &str) -> String {
-    if value.is_empty() {
-        "=".to_string()
-    } else {
-        base64::engine::general_purpose::URL_SAFE.encode(value)
-    }
-}
-
-/// A password or token, inline or read from a file at each use.
-#[derive(Debug)]
-enum SecretSource {
-    Inline(Secret),
-    File { field: &'static str, path: PathBuf },
-}
-
-impl SecretSource {
-    fn load(&self) -> Result<Secret, Error> {
-        match self {
-            SecretSource::Inline(secret) => Ok(secret.clone()),
-            SecretSource::File { field, path } => {
-                let secret = read_credential(path, field)?;
-                if secret.is_empty() {
-                    return Err(Error::Config(format!(
-                        "{field}: {} is empty",
-                        path.display()
-                    )));
-                }
-                Ok(secret)
-            }
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Auth {
-    None,
-    Basic {
-        username: String,
-        password: SecretSource,
-    },
-    Bearer(SecretSource),
-}
-
-impl Auth {
-    fn from_config(config: &PushgatewayConfig) -> Auth {
-        if let Some(basic) = &config.basic_auth {
-            let password = match (&basic.password, &basic.password_file) {
-                (_, Some(path)) => SecretSource::File {
-                    field: "pushgateway.basic_auth.password_file",
-                    path: path.clone(),
-                },
-                (Some(secret), None) => SecretSource::Inline(secret.clone()),
-                // validate() refuses a basic_auth without a password.
-                (None, None) => SecretSource::Inline(Secret::default()),
-            };
-            return Auth::Basic {
-                username: basic.username.clone(),
-                password,
-            };
-        }
-        if let Some(path) = &config.bearer_token_file {
-            return Auth::Bearer(SecretSource::File {
-                field: "pushgateway.bearer_token_file",
-                path: path.clone(),
-            });
-        }
-        match &config.bearer_token {
-            Some(token) => Auth::Bearer(SecretSource::Inline(token.clone())),
-            None => Auth::None,
-        }
-    }
-
-    /// Load the credentials (re-reading files) and add them to the request.
-    fn apply(&self, request: reqwest::RequestBuilder) -> Result<reqwest::RequestBuilder, Error> {
-        Ok(match self {
-            Auth::None => request,
-            Auth::Basic { username, password } => {
-                request.basic_auth(username, Some(password.load()?.expose()))
-            }
-            Auth::Bearer(token) => request.bearer_auth(token.load()?.expose()),
-        })
-    }
-
-    /// Fail at start, not at the first push, when a file is missing.
-    fn check(&self) -> Result<(), Error> {
-        match self {
-            Auth::None => Ok(()),
-            Auth::Basic { password, .. } => password.load().map(drop),
-            Auth::Bearer(token) => token.load().map(drop),
-        }
-    }
-}
+/// Backoff between attempts of one push (the shared retry policy's
+/// bounds): short, since the sender tries again later anyway.
+const RETRY: RetryPolicy = RetryPolicy {
+    min_backoff: Duration::from_millis(250),
+    max_backoff: Duration::from_secs(2),
+};
 
 /// Counters behind the sink's self-metrics.
 #[derive(Debug, Default)]
@@ -481,7 +165,7 @@ impl PushgatewaySink {
         let client = builder
             .build()
             .map_err(|e| Error::Config(format!("pushgateway: building the HTTP client: {e}")))?;
-        let auth = Auth::from_config(&config);
+        let auth = auth_of(&config);
         auth.check()?;
         let reserved_labels = std::iter::once("job".to_string())
             .chain(config.grouping.keys().cloned())
@@ -639,49 +323,39 @@ impl PushgatewaySink {
         }
     }
 
-    /// One request per attempt until success, a refusal that retrying
-    /// cannot fix, `MAX_ATTEMPTS`, or the budget of `timeout` × attempts.
-    /// `samples` (those in `body`) are added to the retried count at each
-    /// retry.
+    /// One request per attempt (the shared retry policy) until success, a
+    /// refusal that retrying cannot fix, `MAX_ATTEMPTS`, or the budget of
+    /// `timeout` × attempts. `samples` (those in `body`) are added to the
+    /// retried count at each retry.
     async fn send_with_retries(
         &self,
         method: Method,
         body: Option<Bytes>,
         samples: u64,
     ) -> Result<(), Error> {
-        let budget = self.timeout * MAX_ATTEMPTS;
-        let deadline = Instant::now() + budget;
-        let mut attempt = 1;
-        loop {
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let error = match self
-                .send_once(&method, body.as_ref(), self.timeout.min(remaining))
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(e) => e,
-            };
-            let backoff = FIRST_BACKOFF
-                .saturating_mul(1 << (attempt - 1).min(16))
-                .min(MAX_BACKOFF);
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if !error.is_retriable() || attempt >= MAX_ATTEMPTS || remaining <= backoff {
-                return Err(error);
-            }
-            warn!(
-                target_url = %self.target,
-                method = %method,
-                attempt,
-                backoff_ms = backoff.as_millis() as u64,
-                error = %error,
-                "Pushgateway request failed, retrying"
-            );
-            tokio::time::sleep(backoff).await;
-            self.stats
-                .samples_retried
-                .fetch_add(samples, Ordering::Relaxed);
-            attempt += 1;
-        }
+        let deadline = Instant::now() + self.timeout * MAX_ATTEMPTS;
+        let (method, body) = (&method, body.as_ref());
+        RETRY
+            .run_for(
+                "Pushgateway request",
+                deadline,
+                |attempt, left| async move {
+                    if attempt > 0 {
+                        self.stats
+                            .samples_retried
+                            .fetch_add(samples, Ordering::Relaxed);
+                    }
+                    match self.send_once(method, body, self.timeout.min(left)).await {
+                        Ok(()) => Attempt::Done(()),
+                        Err(error) if error.is_retriable() && attempt + 1 < MAX_ATTEMPTS => {
+                            Attempt::Retry { error, after: None }
+                        }
+                        Err(error) => Attempt::Fail(error),
+                    }
+                },
+            )
+            .await
+            .map_err(|gave_up| gave_up.error)
     }
 
     async fn send_once(
@@ -750,15 +424,14 @@ impl PushgatewaySink {
                 ),
             });
         }
-        let body = read_error_body(response).await;
+        let body = read_error_body(response, timeout.saturating_sub(started.elapsed())).await;
         Err(Error::Pushgateway {
             target: self.target.clone(),
             status: Some(status.as_u16()),
             message: format!(
-                "{method} {} answered {}: {}",
+                "{method} {} answered {}: {body}",
                 self.group_url.path(),
                 status_text(status),
-                truncate_body(body.trim_end(), MAX_ERROR_BODY_SHOWN)
             ),
         })
     }
@@ -899,28 +572,30 @@ fn is_refusal(error: &Error) -> bool {
     matches!(error, Error::Pushgateway { status: Some(s), .. } if (400..500).contains(s) && *s != 429)
 }
 
-/// The body of a refused request, read up to `MAX_ERROR_BODY_READ`.
-async fn read_error_body(mut response: reqwest::Response) -> String {
-    let mut body = Vec::new();
-    loop {
-        match response.chunk().await {
-            Ok(Some(chunk)) => {
-                let room = MAX_ERROR_BODY_READ - body.len();
-                body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if body.len() >= MAX_ERROR_BODY_READ {
-                    break;
-                }
-            }
-            Ok(None) => break,
-            Err(e) => {
-                if body.is_empty() {
-                    return format!("(body unreadable: {e})");
-                }
-                break;
-            }
-        }
+/// How this sink authenticates: basic auth, or a bearer token (inline or a
+/// file read at every push).
+fn auth_of(config: &PushgatewayConfig) -> Auth {
+    if let Some(basic) = &config.basic_auth {
+        return Auth::Basic {
+            username: basic.username.clone(),
+            password: Credential::from_parts(
+                basic.password.as_ref(),
+                basic.password_file.as_deref(),
+                "pushgateway.basic_auth.password_file",
+            ),
+        };
     }
-    String::from_utf8_lossy(&body).into_owned()
+    if config.bearer_token.is_some() || config.bearer_token_file.is_some() {
+        return Auth::Header {
+            scheme: "Bearer".to_string(),
+            credentials: Credential::from_parts(
+                config.bearer_token.as_ref(),
+                config.bearer_token_file.as_deref(),
+                "pushgateway.bearer_token_file",
+            ),
+        };
+    }
+    Auth::None
 }
 
 /// `400 Bad Request`, or just the code when it has no reason phrase.
@@ -933,8 +608,6 @@ fn status_text(status: StatusCode) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::metrics::{CORRELATED, VCENTER_UP};
 
@@ -942,278 +615,15 @@ mod tests {
         Url::parse(text).expect("test URLs are valid")
     }
 
-    fn grouping(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    fn grouping(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
         pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
     }
 
-    /// Base URL, job, grouping labels, expected group URL.
-    type UrlCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
-
-    #[test]
-    fn group_urls_encode_each_segment_as_the_gateway_reads_it() {
-        let cases: &[UrlCase] = &[
-            (
-                "http://pg:9091",
-                "vsphere-ci-session-metrics",
-                &[],
-                "http://pg:9091/metrics/job/vsphere-ci-session-metrics",
-            ),
-            (
-                "http://pg:9091/",
-                "j",
-                &[("vcenter", "vc1.example.com")],
-                "http://pg:9091/metrics/job/j/vcenter/vc1.example.com",
-            ),
-            (
-                "https://proxy.example.com/pushgateway/",
-                "j",
-                &[],
-                "https://proxy.example.com/pushgateway/metrics/job/j",
-            ),
-            // Grouping labels come in name order.
-            (
-                "http://pg:9091",
-                "j",
-                &[("zone", "z"), ("instance", "i")],
-                "http://pg:9091/metrics/job/j/instance/i/zone/z",
-            ),
-            (
-                "http://pg:9091",
-                "ci/jobs",
-                &[],
-                "http://pg:9091/metrics/job@base64/Y2kvam9icw==",
-            ),
-            (
-                "http://pg:9091",
-                "j",
-                &[("dc", "a/b")],
-                "http://pg:9091/metrics/job/j/dc@base64/YS9i",
-            ),
-            // URL-safe alphabet: standard base64 of "???/" is "Pz8/Lw==".
-            (
-                "http://pg:9091",
-                "j",
-                &[("dc", "???/")],
-                "http://pg:9091/metrics/job/j/dc@base64/Pz8_Lw==",
-            ),
-            (
-                "http://pg:9091",
-                "j",
-                &[("shard", "")],
-                "http://pg:9091/metrics/job/j/shard@base64/=",
-            ),
-            (
-                "http://pg:9091",
-                "j",
-                &[("a", "."), ("b", "..")],
-                "http://pg:9091/metrics/job/j/a@base64/Lg==/b@base64/Li4=",
-            ),
-            (
-                "http://pg:9091",
-                "j",
-                &[("site", "a b%?#")],
-                "http://pg:9091/metrics/job/j/site/a%20b%25%3F%23",
-            ),
-            (
-                "http://pg:9091",
-                "j",
-                &[("user", "ci@vsphere.local")],
-                "http://pg:9091/metrics/job/j/user/ci@vsphere.local",
-            ),
-        ];
-        for (base, job, pairs, expected) in cases {
-            let built = group_url(&url(base), job, &grouping(pairs)).unwrap();
-            assert_eq!(built.as_str(), *expected, "{base} {job} {pairs:?}");
-        }
-    }
-
     fn config() -> PushgatewayConfig {
-        PushgatewayConfig::new(url("http://127.0.0.1:9091"))
-    }
-
-    #[test]
-    fn defaults_apply_to_a_config_with_only_a_url() {
-        let parsed: PushgatewayConfig =
-            serde_yaml::from_str("url: http://pushgateway:9091\n").unwrap();
-        assert_eq!(parsed.job, "vsphere-ci-session-metrics");
-        assert!(parsed.grouping.is_empty());
-        assert_eq!(parsed.timeout, Duration::from_secs(10));
-        assert!(!parsed.delete_on_shutdown);
-        assert!(parsed.basic_auth.is_none() && parsed.bearer_token.is_none());
-        let tls = &parsed.tls_config;
-        assert!(tls.ca_file.is_none() && tls.cert_file.is_none() && tls.key_file.is_none());
-        assert!(!tls.insecure_skip_verify);
-        parsed.validate().unwrap();
-    }
-
-    #[test]
-    fn every_field_is_read_from_yaml_and_secrets_stay_hidden() {
-        let parsed: PushgatewayConfig = serde_yaml::from_str(
-            "url: https://pg.example.com/prefix\n\
-             job: reporter\n\
-             grouping: {instance: vc1}\n\
-             timeout: 1m 30s\n\
-             delete_on_shutdown: true\n\
-             basic_auth: {username: ci, password: hunter2}\n\
-             tls_config: {ca_file: /etc/ca.pem, cert_file: /etc/c.pem, key_file: /etc/k.pem, \
-             insecure_skip_verify: false}\n",
-        )
-        .unwrap();
-        assert_eq!(parsed.url.as_str(), "https://pg.example.com/prefix");
-        assert_eq!(parsed.job, "reporter");
-        assert_eq!(parsed.grouping, grouping(&[("instance", "vc1")]));
-        assert_eq!(parsed.timeout, Duration::from_secs(90));
-        assert!(parsed.delete_on_shutdown);
-        let basic = parsed.basic_auth.as_ref().unwrap();
-        assert_eq!(basic.password.as_ref().unwrap().expose(), "hunter2");
-        assert_eq!(
-            parsed.tls_config.ca_file.as_deref(),
-            Some(Path::new("/etc/ca.pem"))
-        );
-        assert_eq!(
-            parsed.tls_config.cert_file.as_deref(),
-            Some(Path::new("/etc/c.pem"))
-        );
-        assert_eq!(
-            parsed.tls_config.key_file.as_deref(),
-            Some(Path::new("/etc/k.pem"))
-        );
-        assert!(!format!("{parsed:?}").contains("hunter2"));
-        parsed.validate().unwrap();
-    }
-
-    #[test]
-    fn unknown_fields_and_bad_durations_are_refused_by_name() {
-        let unknown = serde_yaml::from_str::<PushgatewayConfig>("url: http://pg\njobs: x\n")
-            .unwrap_err()
-            .to_string();
-        assert!(unknown.contains("unknown field `jobs`"), "{unknown}");
-        let old_tls = serde_yaml::from_str::<PushgatewayConfig>("url: http://pg\ntls: {}\n")
-            .unwrap_err()
-            .to_string();
-        assert!(old_tls.contains("unknown field `tls`"), "{old_tls}");
-        let duration = serde_yaml::from_str::<PushgatewayConfig>("url: http://pg\ntimeout: ten\n")
-            .unwrap_err()
-            .to_string();
-        assert!(duration.contains("invalid duration \"ten\""), "{duration}");
-        let negative = serde_yaml::from_str::<PushgatewayConfig>("url: http://pg\ntimeout: -5\n")
-            .unwrap_err()
-            .to_string();
-        assert!(negative.contains("must not be negative"), "{negative}");
-    }
-
-    #[test]
-    fn timeouts_are_read_like_every_other_duration() {
-        for (yaml, seconds) in [("30s", 30), ("1m30s", 90), ("45", 45), ("\"20\"", 20)] {
-            let parsed: PushgatewayConfig =
-                serde_yaml::from_str(&format!("url: http://pg\ntimeout: {yaml}\n")).unwrap();
-            assert_eq!(parsed.timeout, Duration::from_secs(seconds), "{yaml}");
-        }
-    }
-
-    #[test]
-    fn invalid_configs_are_refused_with_the_field_named() {
-        type Edit = fn(&mut PushgatewayConfig);
-        let basic = |password: Option<&str>, file: Option<&str>| BasicAuth {
-            username: "ci".into(),
-            password: password.map(Secret::new),
-            password_file: file.map(PathBuf::from),
-        };
-        let cases: Vec<(Edit, &str)> = vec![
-            (
-                |c| c.url = url("ftp://pg:21"),
-                "pushgateway.url: scheme must be http or https, got \"ftp\"",
-            ),
-            (
-                |c| c.url = url("http://user:pw@pg:9091"),
-                "pushgateway.url: must not carry credentials; use pushgateway.basic_auth",
-            ),
-            (
-                |c| c.url = url("http://pg:9091/?x=1"),
-                "pushgateway.url: must not have a query or a fragment",
-            ),
-            (|c| c.job.clear(), "pushgateway.job: must not be empty"),
-            (
-                |c| c.grouping = grouping(&[("job", "x")]),
-                "pushgateway.grouping: \"job\" is set by pushgateway.job, not here",
-            ),
-            (
-                |c| c.grouping = grouping(&[("v-center", "x")]),
-                "pushgateway.grouping: \"v-center\" is not a valid Prometheus label name",
-            ),
-            (
-                |c| c.grouping = grouping(&[("__name__", "x")]),
-                "pushgateway.grouping: \"__name__\": names starting with \"__\" are reserved",
-            ),
-            (
-                |c| c.grouping = grouping(&[("instance", "i"), ("vcenter", "vc1")]),
-                "pushgateway.grouping: \"vcenter\" is a label of the reporter's own series; \
-                 the gateway would overwrite it, series differing only in it would collide \
-                 and the whole push would be refused",
-            ),
-            (
-                |c| c.timeout = Duration::ZERO,
-                "pushgateway.timeout: must be more than 0",
-            ),
-            (
-                |c| c.tls_config.cert_file = Some("/c.pem".into()),
-                "pushgateway.tls_config: set both cert_file and key_file for a client \
-                 certificate, or neither",
-            ),
-            (
-                |c| c.tls_config.key_file = Some("/k.pem".into()),
-                "pushgateway.tls_config: set both cert_file and key_file for a client \
-                 certificate, or neither",
-            ),
-            (
-                |c| {
-                    c.basic_auth = Some(BasicAuth {
-                        username: String::new(),
-                        password: Some(Secret::new("p")),
-                        password_file: None,
-                    })
-                },
-                "pushgateway.basic_auth.username: must not be empty",
-            ),
-            (
-                |c| {
-                    c.bearer_token = Some(Secret::new("t"));
-                    c.bearer_token_file = Some("/t".into());
-                },
-                "pushgateway.bearer_token: set one of bearer_token and bearer_token_file, not both",
-            ),
-        ];
-        for (edit, expected) in cases {
-            let mut c = config();
-            edit(&mut c);
-            match c.validate() {
-                Err(Error::Config(message)) => assert_eq!(message, expected),
-                other => panic!("expected {expected:?}, got {other:?}"),
-            }
-        }
-        let with_basic = |b: BasicAuth, token: bool| {
-            let mut c = config();
-            c.basic_auth = Some(b);
-            if token {
-                c.bearer_token = Some(Secret::new("t"));
-            }
-            c.validate().unwrap_err().to_string()
-        };
-        assert_eq!(
-            with_basic(basic(Some("p"), Some("/p")), false),
-            "pushgateway.basic_auth: set one of password and password_file, not both"
-        );
-        assert_eq!(
-            with_basic(basic(None, None), false),
-            "pushgateway.basic_auth: needs password or password_file"
-        );
-        assert_eq!(
-            with_basic(basic(Some("p"), None), true),
-            "pushgateway.basic_auth: set either basic_auth or a bearer token, not both"
-        );
+        PushgatewayConfig::new(url("http://pg:9091"))
     }
 
     #[test]
@@ -1295,19 +705,6 @@ mod tests {
             ],
         };
         assert_eq!(body.text, Bytes::from(expected.render_text()));
-    }
-
-    #[test]
-    fn every_label_of_the_reporters_series_is_refused_as_a_grouping_label() {
-        for name in SERIES_LABELS {
-            let mut c = config();
-            c.grouping = grouping(&[(name, "x")]);
-            let err = c.validate().unwrap_err().to_string();
-            assert!(err.starts_with("pushgateway.grouping: "), "{name}: {err}");
-        }
-        let mut c = config();
-        c.grouping = grouping(&[("instance", "x"), ("datacenter", "dc1")]);
-        c.validate().unwrap();
     }
 
     /// A self-signed test certificate and its key (P-256, PKCS#8), made for
