@@ -164,8 +164,8 @@ impl Cycle {
         self.skipped.clone()
     }
 
-    /// Gather, correlate, publish. Never fails as a whole: failures are in
-    /// the report and in the `up` gauges.
+    /// Gather, correlate, snapshot, hand off. Never fails as a whole:
+    /// failures are in the report and in the `up` gauges.
     pub async fn run(&self) -> CycleReport {
         let started = Instant::now();
         let timestamp_ms = SystemTime::now()
@@ -173,58 +173,53 @@ impl Cycle {
             .map(|d| d.as_millis() as i64)
             .unwrap_or_default();
         let cycle_number = self.cycles.fetch_add(1, Ordering::Relaxed) + 1;
+
+        let gathered = self.gather().await;
+        let mut families = correlate::correlate(&gathered.input);
+        families.extend(
+            self.self_metrics(&gathered.collectors, cycle_number, started)
+                .await,
+        );
+        let snapshot = Arc::new(Snapshot {
+            timestamp_ms,
+            families: merge_families(families),
+        });
+        self.latest.set(snapshot.clone());
+        let mut failures = gathered.failures;
+        failures.extend(self.deliver(&snapshot).await);
+
+        info!(
+            cycle = cycle_number,
+            sessions = gathered.sessions,
+            jobs = gathered.input.jobs.len(),
+            unresolved_jobs = gathered.unresolved,
+            correlated_series = snapshot
+                .family(metrics::CORRELATED)
+                .map_or(0, |f| f.samples.len()),
+            series = snapshot.sample_count(),
+            failures = failures.len(),
+            duration_ms = started.elapsed().as_millis() as u64,
+            "Cycle finished"
+        );
+        CycleReport { snapshot, failures }
+    }
+
+    /// Every source: vCenters and Prow at once, each within its budget,
+    /// then the CI users of the running jobs. Cutting a vCenter call short
+    /// is safe: the client finishes a login it started in a task of its
+    /// own, so the session is kept (and logged out at the end), never lost.
+    async fn gather(&self) -> Gathered {
+        let (vcenters, (prow_result, prow_elapsed)) =
+            tokio::join!(self.observe_vcenters(), self.list_jobs());
         let mut failures = Vec::new();
-        let mut collector_duration = MetricFamily::gauge(
-            metrics::COLLECTOR_DURATION,
-            "Time each collector took in the last cycle.",
-        );
-        let mut collector_success = MetricFamily::gauge(
-            metrics::COLLECTOR_SUCCESS,
-            "1 if the collector succeeded in the last cycle, else 0.",
-        );
+        let mut collectors = gathered_collectors(&vcenters.observations);
+        failures.extend(collectors.iter().filter_map(|c| c.failure.clone()));
+        let observations: Vec<VcenterObservation> = vcenters
+            .observations
+            .into_iter()
+            .map(|v| v.observation)
+            .collect();
 
-        // vCenters and Prow at once, each within its budget. Cutting a
-        // vCenter call short is safe: the client finishes a login it started
-        // in a task of its own, so the session is kept (and logged out at
-        // the end), never lost.
-        let prow_call = async {
-            let t0 = Instant::now();
-            let result = tokio::time::timeout(
-                self.sources.prow_timeout,
-                self.sources.prow.list_running_jobs(),
-            )
-            .await
-            .unwrap_or_else(|_| {
-                Err(crate::Error::Timeout {
-                    what: format!("listing running jobs from {}", self.sources.prow.describe()),
-                    timeout: self.sources.prow_timeout,
-                })
-            });
-            (result, t0.elapsed())
-        };
-        let (gathered, (prow_result, prow_elapsed)) =
-            tokio::join!(self.observe_vcenters(), prow_call);
-        let GatheredVcenters {
-            observations: vcenters,
-            session_count,
-        } = gathered;
-        for outcome in gathered_collectors(&vcenters) {
-            let labels = [
-                ("collector", outcome.collector),
-                ("vcenter", outcome.vcenter.as_str()),
-            ];
-            collector_duration.push(labels, outcome.elapsed.as_secs_f64());
-            collector_success.push(labels, bool_value(outcome.failure.is_none()));
-            failures.extend(outcome.failure);
-        }
-        let vcenters: Vec<VcenterObservation> =
-            vcenters.into_iter().map(|v| v.observation).collect();
-
-        collector_duration.push([("collector", "prow")], prow_elapsed.as_secs_f64());
-        collector_success.push(
-            [("collector", "prow")],
-            if prow_result.is_ok() { 1.0 } else { 0.0 },
-        );
         let (prow_up, jobs) = match prow_result {
             Ok(jobs) => (true, jobs),
             Err(e) => {
@@ -233,46 +228,25 @@ impl Cycle {
                 (false, Vec::new())
             }
         };
+        collectors.push(CollectorOutcome {
+            collector: "prow",
+            vcenter: None,
+            elapsed: prow_elapsed,
+            failure: (!prow_up).then(String::new),
+        });
 
-        // CI users need the job list, so this step follows. When Prow is
-        // down the resolvers are not called, so their caches survive the
-        // outage instead of being emptied by an empty job list.
+        // CI users need the job list, so this step follows.
         let t0 = Instant::now();
-        let resolvers = &self.sources.resolvers;
-        let failures_before = resolvers.failures();
-        let (job_users, ci_ok) = if !prow_up {
-            (Vec::new(), true)
-        } else {
-            match tokio::time::timeout(self.sources.ci_timeout, resolvers.resolve(&jobs)).await {
-                Ok(job_users) => {
-                    // A job whose secret is not written yet is normal; a
-                    // lookup the build cluster refused or dropped is not.
-                    let failed = resolvers.failures() - failures_before;
-                    if failed > 0 {
-                        failures.push(format!(
-                            "build cluster: {failed} CI-user lookups failed (see the warnings above)"
-                        ));
-                    }
-                    (job_users, failed == 0)
-                }
-                Err(_) => {
-                    // Each call has its own deadline; this bounds a cycle
-                    // with many new jobs. What the caches hold still counts,
-                    // and what was found meanwhile is cached for next time.
-                    warn!(timeout = ?self.sources.ci_timeout, jobs = jobs.len(), "Resolving CI users ran out of time");
-                    failures.push(format!(
-                        "build cluster: resolving CI users timed out after {:?}",
-                        self.sources.ci_timeout
-                    ));
-                    (resolvers.cached(&jobs), false)
-                }
-            }
-        };
-        collector_duration.push([("collector", "ci")], t0.elapsed().as_secs_f64());
+        let (mut job_users, ci_failure) = self.resolve_ci_users(prow_up, &jobs).await;
+        failures.extend(ci_failure.clone());
+        collectors.push(CollectorOutcome {
+            collector: "ci",
+            vcenter: None,
+            elapsed: t0.elapsed(),
+            failure: ci_failure,
+        });
         let unresolved = job_users.iter().filter(|j| j.identities.is_empty()).count();
-        collector_success.push([("collector", "ci")], if ci_ok { 1.0 } else { 0.0 });
 
-        let mut job_users = job_users;
         let configured: Vec<(String, Vec<String>)> = self
             .sources
             .vcenters
@@ -280,30 +254,105 @@ impl Cycle {
             .map(|c| (c.host().to_string(), c.config().aliases.clone()))
             .collect();
         let unmatched_identities = correlate::route_identities(&mut job_users, &configured);
-        let input = CycleInput {
-            vcenters,
-            prow_up,
-            jobs: job_users,
-            unmatched_identities,
-            rules: self.sources.leaks.clone(),
-        };
-        let mut families = correlate::correlate(&input);
-        families.push(collector_duration);
-        families.push(collector_success);
-        families.push(
-            MetricFamily::counter(metrics::SCRAPES_TOTAL, "Cycles run since start.")
-                .with(Vec::<(String, String)>::new(), cycle_number as f64),
+        Gathered {
+            input: CycleInput {
+                vcenters: observations,
+                prow_up,
+                jobs: job_users,
+                unmatched_identities,
+                rules: self.sources.leaks.clone(),
+            },
+            collectors,
+            failures,
+            sessions: vcenters.session_count,
+            unresolved,
+        }
+    }
+
+    /// The running jobs, within the Prow budget.
+    async fn list_jobs(&self) -> (Result<Vec<RunningJob>, crate::Error>, Duration) {
+        let t0 = Instant::now();
+        let result = tokio::time::timeout(
+            self.sources.prow_timeout,
+            self.sources.prow.list_running_jobs(),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(crate::Error::Timeout {
+                what: format!("listing running jobs from {}", self.sources.prow.describe()),
+                timeout: self.sources.prow_timeout,
+            })
+        });
+        (result, t0.elapsed())
+    }
+
+    /// The CI users of every job, within the CI budget, and the failure
+    /// line when a lookup failed. When Prow is down the resolvers are not
+    /// called, so their caches survive the outage instead of being emptied
+    /// by an empty job list.
+    async fn resolve_ci_users(
+        &self,
+        prow_up: bool,
+        jobs: &[RunningJob],
+    ) -> (Vec<JobUsers>, Option<String>) {
+        if !prow_up {
+            return (Vec::new(), None);
+        }
+        let resolvers = &self.sources.resolvers;
+        let failures_before = resolvers.failures();
+        match tokio::time::timeout(self.sources.ci_timeout, resolvers.resolve(jobs)).await {
+            Ok(job_users) => {
+                // A job whose secret is not written yet is normal; a lookup
+                // the build cluster refused or dropped is not.
+                let failed = resolvers.failures() - failures_before;
+                let failure = (failed > 0).then(|| {
+                    format!(
+                        "build cluster: {failed} CI-user lookups failed (see the warnings above)"
+                    )
+                });
+                (job_users, failure)
+            }
+            Err(_) => {
+                // Each call has its own deadline; this bounds a cycle with
+                // many new jobs. What the caches hold still counts, and what
+                // was found meanwhile is cached for next time.
+                warn!(timeout = ?self.sources.ci_timeout, jobs = jobs.len(), "Resolving CI users ran out of time");
+                (
+                    resolvers.cached(jobs),
+                    Some(format!(
+                        "build cluster: resolving CI users timed out after {:?}",
+                        self.sources.ci_timeout
+                    )),
+                )
+            }
+        }
+    }
+
+    /// Every self-metric of the cycle, in one place: collectors, cycle
+    /// counts, the reporter's logins, the VM maps and the sinks.
+    async fn self_metrics(
+        &self,
+        collectors: &[CollectorOutcome],
+        cycle_number: u64,
+        started: Instant,
+    ) -> Vec<MetricFamily> {
+        let no_labels = Vec::<(String, String)>::new;
+        let mut duration = MetricFamily::gauge(
+            metrics::COLLECTOR_DURATION,
+            "Time each collector took in the last cycle.",
         );
-        families.push(
-            MetricFamily::counter(
-                metrics::CYCLES_SKIPPED_TOTAL,
-                "Scheduled cycles skipped because the previous one was still running.",
-            )
-            .with(
-                Vec::<(String, String)>::new(),
-                self.skipped.load(Ordering::Relaxed) as f64,
-            ),
+        let mut success = MetricFamily::gauge(
+            metrics::COLLECTOR_SUCCESS,
+            "1 if the collector succeeded in the last cycle, else 0.",
         );
+        for c in collectors {
+            let mut labels = vec![("collector", c.collector.to_string())];
+            if let Some(vc) = &c.vcenter {
+                labels.push(("vcenter", vc.clone()));
+            }
+            duration.push(labels.clone(), c.elapsed.as_secs_f64());
+            success.push(labels, bool_value(c.failure.is_none()));
+        }
         let mut logins = MetricFamily::counter(
             metrics::REPORTER_LOGINS_TOTAL,
             "Logins of the reporter to the vCenter since start; 1 when its session is reused as it should be.",
@@ -311,7 +360,18 @@ impl Cycle {
         for client in &self.sources.vcenters {
             logins.push([("vcenter", client.host())], client.logins() as f64);
         }
-        families.push(logins);
+        let mut families = vec![
+            duration,
+            success,
+            MetricFamily::counter(metrics::SCRAPES_TOTAL, "Cycles run since start.")
+                .with(no_labels(), cycle_number as f64),
+            MetricFamily::counter(
+                metrics::CYCLES_SKIPPED_TOTAL,
+                "Scheduled cycles skipped because the previous one was still running.",
+            )
+            .with(no_labels(), self.skipped.load(Ordering::Relaxed) as f64),
+            logins,
+        ];
         families.extend(self.vm_map_families().await);
         for sink in &self.sinks {
             families.extend(sink.self_metrics());
@@ -321,19 +381,15 @@ impl Cycle {
                 metrics::CYCLE_DURATION,
                 "Time the last cycle took to gather and correlate.",
             )
-            .with(
-                Vec::<(String, String)>::new(),
-                started.elapsed().as_secs_f64(),
-            ),
+            .with(no_labels(), started.elapsed().as_secs_f64()),
         );
+        families
+    }
 
-        let snapshot = Arc::new(Snapshot {
-            timestamp_ms,
-            families: merge_families(families),
-        });
-        self.latest.set(snapshot.clone());
-
-        let published: Vec<(String, Result<(), crate::Error>)> =
+    /// Hand the snapshot to every sink's sender (long-running mode), or
+    /// publish to every sink and wait (`once`). Returns the failure lines.
+    async fn deliver(&self, snapshot: &Arc<Snapshot>) -> Vec<String> {
+        let results: Vec<(String, Result<(), crate::Error>)> =
             if self.senders_started.load(Ordering::SeqCst) {
                 self.sinks
                     .iter()
@@ -346,28 +402,14 @@ impl Cycle {
                 }))
                 .await
             };
-        for (name, result) in published {
+        let mut failures = Vec::new();
+        for (name, result) in results {
             if let Err(e) = result {
                 warn!(sink = %name, kind = e.kind(), error = %e, "Publishing failed");
                 failures.push(format!("sink {name}: {e}"));
             }
         }
-
-        let correlated = snapshot
-            .family(metrics::CORRELATED)
-            .map_or(0, |f| f.samples.len());
-        info!(
-            cycle = cycle_number,
-            sessions = session_count,
-            jobs = jobs.len(),
-            unresolved_jobs = unresolved,
-            correlated_series = correlated,
-            series = snapshot.sample_count(),
-            failures = failures.len(),
-            duration_ms = started.elapsed().as_millis() as u64,
-            "Cycle finished"
-        );
-        CycleReport { snapshot, failures }
+        failures
     }
 
     /// Every vCenter at once, each within the vCenter budget.
@@ -577,11 +619,22 @@ fn bool_value(b: bool) -> f64 {
     if b { 1.0 } else { 0.0 }
 }
 
-/// How one collector of one vCenter fared this cycle.
+/// What one cycle gathered, ready to correlate.
+struct Gathered {
+    input: CycleInput,
+    collectors: Vec<CollectorOutcome>,
+    /// One line per failed source, already logged.
+    failures: Vec<String>,
+    sessions: usize,
+    unresolved: usize,
+}
+
+/// How one collector fared this cycle.
 struct CollectorOutcome {
-    /// `vcenter` or `vm_map`.
+    /// `vcenter`, `vm_map`, `prow` or `ci`.
     collector: &'static str,
-    vcenter: String,
+    /// The vCenter of a per-vCenter collector.
+    vcenter: Option<String>,
     elapsed: Duration,
     /// The failure line, already logged; `None` on success.
     failure: Option<String>,
@@ -594,14 +647,14 @@ fn gathered_collectors(vcenters: &[ObservedVcenter]) -> Vec<CollectorOutcome> {
     for v in vcenters {
         out.push(CollectorOutcome {
             collector: "vcenter",
-            vcenter: v.observation.vcenter.clone(),
+            vcenter: Some(v.observation.vcenter.clone()),
             elapsed: v.elapsed,
             failure: v.error.clone(),
         });
         if let Some((elapsed, error)) = &v.vm_map {
             out.push(CollectorOutcome {
                 collector: "vm_map",
-                vcenter: v.observation.vcenter.clone(),
+                vcenter: Some(v.observation.vcenter.clone()),
                 elapsed: *elapsed,
                 failure: error.clone(),
             });
