@@ -1340,3 +1340,85 @@ async fn no_retry_after_value_panics_spins_or_loses_the_cycle() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_clock_steps_back_the_queue_still_goes_out() {
+    let stub = StubReceiver::start().await;
+    stub.default_reply(Reply::status(503));
+    let mut cfg = config(&stub.url);
+    cfg.remote_timeout = Duration::from_millis(300);
+    let sink = sink(cfg);
+    let ts = now_ms();
+    assert!(sink.publish(snapshot(ts, &[("ci-a", 1.0)])).await.is_err());
+    assert_eq!(self_metric(&sink, BUFFERED_SAMPLES, &[]), 2.0);
+    stub.default_reply(Reply::status(204));
+
+    // The clock stepped back: this cycle cannot be sent after the queued
+    // one, but the queued one is delivered all the same.
+    let err = sink
+        .publish(snapshot(ts - 60_000, &[("ci-a", 2.0)]))
+        .await
+        .expect_err("an older cycle is refused");
+    assert!(
+        err.to_string().contains("not after the previous one"),
+        "{err}"
+    );
+    assert_eq!(self_metric(&sink, BUFFERED_SAMPLES, &[]), 0.0);
+    assert_eq!(
+        gauge_samples(&stub.requests(), "ci-a").last(),
+        Some(&(ts, 1f64.to_bits()))
+    );
+    assert_eq!(
+        self_metric(&sink, SAMPLES_DROPPED_TOTAL, &[("reason", "out_of_order")]),
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_errors_is_ridden_out_with_backoff_and_nothing_lost() {
+    let stub = StubReceiver::start().await;
+    let storm: Vec<Reply> = (0..12)
+        .map(|i| match i % 3 {
+            0 => Reply::status(500),
+            1 => Reply::status(503).header("Retry-After", "0"),
+            _ => Reply::status(429).header("Retry-After", "garbage"),
+        })
+        .collect();
+    stub.script(storm);
+    let mut cfg = config(&stub.url);
+    cfg.retry.min_backoff = Duration::from_millis(20);
+    cfg.retry.max_backoff = Duration::from_millis(160);
+    let sink = Arc::new(sink(cfg));
+    sink.clone().start_sender();
+    let ts = now_ms() - 10_000;
+    for i in 0..5i64 {
+        Sink::hand_off(&*sink, snapshot(ts + i * 1_000, &[("ci-a", i as f64)])).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for("the storm ridden out", Duration::from_secs(20), || {
+        self_metric(&sink, BUFFERED_SAMPLES, &[]) == 0.0
+    })
+    .await;
+    let requests = stub.requests();
+    assert_eq!(
+        requests.len() - 12,
+        self_metric(&sink, BATCHES_SENT_TOTAL, &[]) as usize
+    );
+    // Every cycle once, oldest first, across however many batches.
+    assert_eq!(
+        gauge_samples(&requests[12..], "ci-a"),
+        (0..5)
+            .map(|i| (ts + i * 1_000, (i as f64).to_bits()))
+            .collect::<Vec<_>>()
+    );
+    // No tight loop: consecutive failed attempts are at least the minimum
+    // backoff apart, whatever Retry-After said.
+    for pair in requests[..12].windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(15), "{gap:?}");
+    }
+    assert_eq!(
+        self_metric(&sink, SAMPLES_DROPPED_TOTAL, &[("reason", "rejected")]),
+        0.0
+    );
+}

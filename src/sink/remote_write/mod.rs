@@ -691,9 +691,14 @@ impl Sink for RemoteWriteSink {
     /// [`RemoteWriteSink::publish_timeout`] (+1 s).
     async fn publish(&self, snapshot: Arc<Snapshot>) -> Result<(), Error> {
         let deadline = Instant::now() + self.publish_timeout();
-        let seq = RemoteWriteSink::hand_off(self, &snapshot)?;
-        self.run_bounded("publish", self.drain(deadline, Some(seq)))
-            .await
+        // A cycle that cannot be taken (the clock stepped back) is lost, but
+        // what is queued still goes out.
+        let handed = RemoteWriteSink::hand_off(self, &snapshot);
+        let current = handed.as_ref().ok().copied();
+        let drained = self
+            .run_bounded("publish", self.drain(deadline, current))
+            .await;
+        handed.and(drained)
     }
 
     fn hand_off(&self, snapshot: Arc<Snapshot>) -> Result<(), Error> {
