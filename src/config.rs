@@ -518,39 +518,39 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
     })
 }
 
+/// A configured list of patterns compiled (it replaces `defaults`), each
+/// error naming the entry (`<field>[i]`).
+fn compile_patterns(
+    patterns: Option<&[String]>,
+    defaults: Vec<regex::Regex>,
+    field: &str,
+    compile: impl Fn(&str) -> Result<regex::Regex, String>,
+) -> Result<Vec<regex::Regex>, Error> {
+    let Some(patterns) = patterns else {
+        return Ok(defaults);
+    };
+    patterns
+        .iter()
+        .enumerate()
+        .map(|(i, p)| compile(p).map_err(|e| Error::Config(format!("{field}[{i}]: {p:?}: {e}"))))
+        .collect()
+}
+
 /// The `leaks:` block compiled, and whether VM attribution is on.
 fn leak_rules(file: &FileLeaks, at: &dyn Fn(&str) -> String) -> Result<(LeakRules, bool), Error> {
     let defaults = LeakRules::default();
-    let cluster_user_agents = match &file.cluster_user_agents {
-        None => defaults.cluster_user_agents,
-        Some(patterns) => patterns
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                leaks::cluster_agent_regex(p).map_err(|e| {
-                    Error::Config(format!(
-                        "{}: {p:?}: {e}",
-                        at(&format!("leaks.cluster_user_agents[{i}]"))
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let exclude_users = match &file.exclude_users {
-        None => defaults.exclude_users,
-        Some(patterns) => patterns
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                leaks::user_regex(p).map_err(|e| {
-                    Error::Config(format!(
-                        "{}: {p:?}: {e}",
-                        at(&format!("leaks.exclude_users[{i}]"))
-                    ))
-                })
-            })
-            .collect::<Result<_, _>>()?,
-    };
+    let cluster_user_agents = compile_patterns(
+        file.cluster_user_agents.as_deref(),
+        defaults.cluster_user_agents,
+        &at("leaks.cluster_user_agents"),
+        leaks::cluster_agent_regex,
+    )?;
+    let exclude_users = compile_patterns(
+        file.exclude_users.as_deref(),
+        defaults.exclude_users,
+        &at("leaks.exclude_users"),
+        |p| leaks::user_regex(p).map_err(|e| e.to_string()),
+    )?;
     let rules = LeakRules {
         cluster_user_agents,
         exclude_users,

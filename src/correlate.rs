@@ -373,21 +373,7 @@ mod tests {
         }
     }
 
-    /// `(labels rendered as k=v, value)` of one family, for compact asserts.
-    fn series(families: &[MetricFamily], name: &str) -> Vec<(String, f64)> {
-        let family = families.iter().find(|f| f.name == name).unwrap();
-        let mut out: Vec<(String, f64)> = family
-            .samples
-            .iter()
-            .map(|s| {
-                let labels: Vec<String> =
-                    s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                (labels.join(","), s.value)
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
+    use crate::metrics::testing::series;
 
     #[test]
     fn usernames_of_the_default_domain_lose_it_in_both_forms() {

@@ -837,21 +837,7 @@ mod tests {
         }
     }
 
-    /// `(labels as k=v, value)` of one family, sorted.
-    fn series(families: &[MetricFamily], name: &str) -> Vec<(String, f64)> {
-        let family = families.iter().find(|f| f.name == name).expect("family");
-        let mut out: Vec<(String, f64)> = family
-            .samples
-            .iter()
-            .map(|s| {
-                let labels: Vec<String> =
-                    s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                (labels.join(","), s.value)
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    }
+    use crate::metrics::testing::series;
 
     #[test]
     fn families_count_each_session_once_by_job_reason_age_and_idleness() {

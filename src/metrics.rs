@@ -250,6 +250,32 @@ pub fn format_value(v: f64) -> String {
     }
 }
 
+/// Helpers for the unit tests of the modules that build families.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::MetricFamily;
+
+    /// `(labels rendered as k=v, value)` of one family, sorted, for
+    /// compact asserts.
+    pub fn series(families: &[MetricFamily], name: &str) -> Vec<(String, f64)> {
+        let family = families
+            .iter()
+            .find(|f| f.name == name)
+            .unwrap_or_else(|| panic!("family {name} is missing"));
+        let mut out: Vec<(String, f64)> = family
+            .samples
+            .iter()
+            .map(|s| {
+                let labels: Vec<String> =
+                    s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                (labels.join(","), s.value)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -635,8 +635,6 @@ impl Inner {
     /// destroyed first, so failures never pile objects up on the vCenter.
     async fn watch_vms(&self, watch: &mut VmWatch, session: &Session) -> Result<(), Error> {
         let content = &session.content;
-        let version = content.api_version.as_str();
-        let cookie = Some(&session.cookie);
         if watch.generation == session.generation {
             if let Some(collector) = watch.collector.take() {
                 self.destroy(session, "DestroyPropertyCollector", &collector)
@@ -657,45 +655,51 @@ impl Inner {
                 message: "the service content names no rootFolder or viewManager".into(),
             });
         };
-        let exchange = self
-            .call(
+        let collector = self
+            .create(
+                session,
                 "CreatePropertyCollector",
-                version,
-                cookie,
                 soap::create_property_collector(&content.property_collector),
             )
             .await?;
-        let collector = self.reply(exchange, |xml| {
-            soap::parse_moref(xml, "CreatePropertyCollectorResponse")
-        })?;
         watch.collector = Some(collector.clone());
-        let exchange = self
-            .call(
+        let view = self
+            .create(
+                session,
                 "CreateContainerView",
-                version,
-                cookie,
                 soap::create_vm_view(view_manager, root),
             )
             .await?;
-        let view = self.reply(exchange, |xml| {
-            soap::parse_moref(xml, "CreateContainerViewResponse")
-        })?;
         watch.view = Some(view.clone());
-        let exchange = self
-            .call(
-                "CreateFilter",
-                version,
-                cookie,
-                soap::create_vm_filter(&collector, &view),
-            )
-            .await?;
-        self.reply(exchange, |xml| {
-            soap::parse_moref(xml, "CreateFilterResponse")
-        })?;
+        self.create(
+            session,
+            "CreateFilter",
+            soap::create_vm_filter(&collector, &view),
+        )
+        .await?;
         watch.ready = true;
         watch.map.count_full_read();
         debug!(vcenter = %self.config.host, "Watching VMs for the VM map");
         Ok(())
+    }
+
+    /// Call a method that makes a managed object and returns its reference.
+    async fn create(
+        &self,
+        session: &Session,
+        method: &'static str,
+        body: String,
+    ) -> Result<MoRef, Error> {
+        let exchange = self
+            .call(
+                method,
+                &session.content.api_version,
+                Some(&session.cookie),
+                body,
+            )
+            .await?;
+        let response = format!("{method}Response");
+        self.reply(exchange, |xml| soap::parse_moref(xml, &response))
     }
 
     /// Best effort: a failure leaves the object to die with the session.
