@@ -249,6 +249,11 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             .ok_or_else(|| {
                 Error::Config("--vsphere-user (VSPHERE_USER) is required with --vsphere".into())
             })?;
+        let password_file = match (&flags.vsphere_passwd, &flags.vsphere_passwd_file) {
+            (None, Some(path)) => Some(path.clone()),
+            (None, None) => base.as_ref().and_then(|b| b.password_file.clone()),
+            _ => None,
+        };
         let password = match (&flags.vsphere_passwd, &flags.vsphere_passwd_file) {
             (Some(_), Some(_)) => {
                 return Err(Error::Config(
@@ -289,6 +294,8 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
                 .as_ref()
                 .map(|b| b.timeout)
                 .unwrap_or(DEFAULT_VCENTER_TIMEOUT),
+            password_file,
+            login_backoff: Default::default(),
             session_limit: base
                 .as_ref()
                 .map_or(DEFAULT_SESSION_LIMIT, |b| b.session_limit),
@@ -607,6 +614,8 @@ fn vcenter_from_file(
         url,
         username,
         password,
+        password_file: entry.password_file.clone(),
+        login_backoff: Default::default(),
         user_agent: entry
             .user_agent
             .clone()

@@ -357,8 +357,15 @@ impl Cycle {
             metrics::REPORTER_LOGINS_TOTAL,
             "Logins of the reporter to the vCenter since start; 1 when its session is reused as it should be.",
         );
+        let mut login_failures = MetricFamily::counter(
+            metrics::REPORTER_LOGIN_FAILURES_TOTAL,
+            "Failed logins of the reporter to the vCenter since start, by reason.",
+        );
         for client in &self.sources.vcenters {
             logins.push([("vcenter", client.host())], client.logins() as f64);
+            for (reason, n) in client.login_failures() {
+                login_failures.push([("vcenter", client.host()), ("reason", reason)], n as f64);
+            }
         }
         let mut families = vec![
             duration,
@@ -371,6 +378,7 @@ impl Cycle {
             )
             .with(no_labels(), self.skipped.load(Ordering::Relaxed) as f64),
             logins,
+            login_failures,
         ];
         families.extend(self.vm_map_families().await);
         for sink in &self.sinks {
@@ -604,7 +612,12 @@ fn observed(
             }
         }
         Err(e) => {
-            error!(vcenter = %client.host(), kind = e.kind(), error = %e, "Listing vCenter sessions failed");
+            if matches!(e, crate::Error::LoginBackoff { .. }) {
+                // Logged once when the wait began, not every cycle.
+                debug!(vcenter = %client.host(), error = %e, "Waiting before logging in again");
+            } else {
+                error!(vcenter = %client.host(), kind = e.kind(), error = %e, "Listing vCenter sessions failed");
+            }
             ObservedVcenter {
                 observation,
                 elapsed,

@@ -38,6 +38,19 @@ pub enum Error {
         message: String,
     },
 
+    /// The last login was refused and the next one waits (see
+    /// `vcenter::client`'s login backoff), so an account is never locked
+    /// out by repeated bad logins.
+    #[error(
+        "vCenter {host}: not logging in again for {}: the last login was refused; \
+         changing the password file ends the wait",
+        humantime::format_duration(*wait)
+    )]
+    LoginBackoff {
+        host: String,
+        wait: std::time::Duration,
+    },
+
     /// The session cookie is unknown or expired (`NotAuthenticated`).
     #[error("vCenter {host}: session is not authenticated")]
     NotAuthenticated { host: String },
@@ -144,6 +157,7 @@ impl Error {
             Error::VcenterHttp { .. } => "vcenter_http",
             Error::VcenterStatus { .. } => "vcenter_status",
             Error::VcenterLogin { .. } => "vcenter_login",
+            Error::LoginBackoff { .. } => "vcenter_login_backoff",
             Error::NotAuthenticated { .. } => "vcenter_not_authenticated",
             Error::SoapFault { .. } => "soap_fault",
             Error::SoapParse { .. } => "soap_parse",

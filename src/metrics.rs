@@ -66,6 +66,11 @@ pub const COLLECTOR_SUCCESS: &str = "vsphere_ci_user_sessions_collector_success"
 /// Logins the reporter made to a vCenter since start: 1 in a steady state;
 /// a rising value means its session keeps being terminated or expiring.
 pub const REPORTER_LOGINS_TOTAL: &str = "vsphere_ci_user_sessions_reporter_logins_total";
+/// Failed logins of the reporter, by `reason` (`invalid_login`, `refused`,
+/// `error`): a rising `invalid_login` means a rotated password the reporter
+/// does not have.
+pub const REPORTER_LOGIN_FAILURES_TOTAL: &str =
+    "vsphere_ci_user_sessions_reporter_login_failures_total";
 /// Scheduler ticks skipped because the previous cycle was still running.
 pub const CYCLES_SKIPPED_TOTAL: &str = "vsphere_ci_user_sessions_cycles_skipped_total";
 

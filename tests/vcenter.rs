@@ -20,7 +20,9 @@ use url::Url;
 use vsphere_ci_session_metrics::Error;
 use vsphere_ci_session_metrics::correlate::normalize_username;
 use vsphere_ci_session_metrics::secret::Secret;
-use vsphere_ci_session_metrics::vcenter::{UserSession, VcenterClient, VcenterConfig};
+use vsphere_ci_session_metrics::vcenter::{
+    LoginBackoff, UserSession, VcenterClient, VcenterConfig,
+};
 
 use pki::TestPki;
 use vcsim::Vcsim;
@@ -39,6 +41,8 @@ fn config(url: &Url, user: &str, password: &str) -> VcenterConfig {
         ca_file: None,
         insecure: false,
         timeout: Duration::from_secs(10),
+        password_file: None,
+        login_backoff: Default::default(),
         session_limit: vsphere_ci_session_metrics::vcenter::DEFAULT_SESSION_LIMIT,
         aliases: Vec::new(),
         vm_map: true,
@@ -393,6 +397,8 @@ struct Seen {
     content_type: String,
     /// The text of `<password>`, XML entities decoded, in a Login.
     password: Option<String>,
+    /// When it arrived.
+    at: Instant,
 }
 
 #[derive(Default)]
@@ -403,6 +409,9 @@ struct StubState {
     /// Login sends its headers (with the cookie) at once, its body only
     /// after this long.
     login_body_delay: Option<Duration>,
+    /// When set, a Login with another password is refused with an
+    /// `InvalidLogin` fault, as vCenter answers a wrong password.
+    accept_password: Option<String>,
     logins: usize,
     seen: Vec<Seen>,
 }
@@ -457,8 +466,18 @@ async fn stub_handler(State(stub): State<Stub>, headers: HeaderMap, body: String
         user_agent: header("user-agent"),
         content_type: header("content-type"),
         password: password_in(&body),
+        at: Instant::now(),
     });
-    let scripted = state.script.get_mut(method).and_then(|q| q.pop_front());
+    let refused = method == "Login"
+        && state
+            .accept_password
+            .as_ref()
+            .is_some_and(|accepted| password_in(&body).as_ref() != Some(accepted));
+    let scripted = if refused {
+        Some((500, fixture("fault_unusual_prefix.xml")))
+    } else {
+        state.script.get_mut(method).and_then(|q| q.pop_front())
+    };
     let (status, text) = match (scripted, method) {
         (Some(answer), _) => answer,
         (None, "RetrieveServiceContent") => (200, fixture("service_content.xml")),
@@ -859,4 +878,97 @@ async fn an_unreachable_vcenter_is_an_http_error_without_the_password() {
     let err = client.list_sessions().await.expect_err("nothing listens");
     assert!(matches!(err, Error::VcenterHttp { .. }), "{err:?}");
     assert!(!format!("{err} {err:?} {client:?}").contains(PASSWORD));
+}
+
+/// One page of `sessionList` with a single session, as vCenter sends it.
+fn one_session_page() -> String {
+    concat!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" "#,
+        r#"xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><soapenv:Body><RetrievePropertiesExResponse xmlns="urn:vim25">"#,
+        r#"<returnval><objects><obj type="SessionManager">SessionManager</obj><propSet><name>sessionList</name>"#,
+        r#"<val xsi:type="ArrayOfUserSession"><UserSession><key>k1</key><userName>VSPHERE.LOCAL\reporter</userName>"#,
+        "<loginTime>2026-12-02T04:00:00Z</loginTime><lastActiveTime>2026-12-02T04:00:00Z</lastActiveTime>",
+        "<ipAddress>127.0.0.1</ipAddress><userAgent>x</userAgent><callCount>1</callCount></UserSession></val>",
+        "</propSet></objects></returnval></RetrievePropertiesExResponse></soapenv:Body></soapenv:Envelope>"
+    )
+    .to_string()
+}
+
+/// A vCenter refusing every login (a rotated password the reporter does not
+/// have yet): one try per backoff step whatever the call rate, so vSphere
+/// SSO's lockout (5 failures in 180 s) is never reached; the backoff here
+/// is 1 s doubling to 4 s instead of 60 s to 15 min, so that the test is
+/// short, and the same arithmetic bounds it: at most 3 tries in any 3
+/// minimum waits. A new password in the file ends the wait at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vcenter_refusing_every_login_gets_one_try_per_backoff_step_until_the_password_changes() {
+    let (url, stub) = serve_stub(StubState {
+        accept_password: Some("rotated-pass".into()),
+        ..StubState::default()
+    })
+    .await;
+    stub.lock().unwrap().script.insert(
+        "RetrievePropertiesEx",
+        VecDeque::from([(200, one_session_page())]),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("password");
+    std::fs::write(&file, "old-pass\n").unwrap();
+    let mut cfg = config(&url, REPORTER_USER, "old-pass");
+    cfg.password_file = Some(file.clone());
+    cfg.login_backoff = LoginBackoff {
+        min: Duration::from_secs(1),
+        max: Duration::from_secs(4),
+    };
+    let client = VcenterClient::new(cfg).unwrap();
+
+    // A call every 100 ms for 8 s, far more often than any interval.
+    let started = Instant::now();
+    let mut waits = 0;
+    while started.elapsed() < Duration::from_secs(8) {
+        match client.list_sessions().await {
+            Err(Error::LoginBackoff { .. }) => waits += 1,
+            Err(Error::VcenterLogin { .. }) => {}
+            other => panic!("expected a refused or deferred login, got {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let tries: Vec<Instant> = seen(&stub)
+        .into_iter()
+        .filter(|s| s.method == "Login")
+        .map(|s| s.at)
+        .collect();
+    // Tries at about 0, 1, 3 and 7 s.
+    assert!((3..=4).contains(&tries.len()), "{} tries", tries.len());
+    for (i, t) in tries.iter().enumerate() {
+        let in_window = tries[i..]
+            .iter()
+            .filter(|u| u.duration_since(*t) <= Duration::from_secs(3))
+            .count();
+        assert!(in_window <= 3, "{in_window} tries within 3 s");
+    }
+    assert!(
+        waits > 50,
+        "the other calls waited without a request: {waits}"
+    );
+    assert_eq!(
+        client.login_failures()[0],
+        ("invalid_login", tries.len() as u64)
+    );
+
+    // The rotated password reaches the file: the next call logs in at once.
+    std::fs::write(&file, "rotated-pass\n").unwrap();
+    let t0 = Instant::now();
+    let sessions = client
+        .list_sessions()
+        .await
+        .expect("logged in with the new password");
+    assert_eq!(sessions.len(), 1);
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert_eq!(client.logins(), 1);
+    let last = seen(&stub)
+        .into_iter()
+        .rfind(|s| s.method == "Login")
+        .unwrap();
+    assert_eq!(last.password.as_deref(), Some("rotated-pass"));
 }

@@ -31,6 +31,8 @@ fn client(url: &Url, vm_map: bool) -> VcenterClient {
         ca_file: None,
         insecure: false,
         timeout: Duration::from_secs(30),
+        password_file: None,
+        login_backoff: Default::default(),
         session_limit: DEFAULT_SESSION_LIMIT,
         aliases: Vec::new(),
         vm_map,

@@ -55,6 +55,11 @@ const DEFAULT_API_VERSION: &str = "8.0.1.0";
 /// Error bodies are cut to this many bytes.
 const MAX_ERROR_BODY: usize = 1024;
 
+/// Values of the `reason` label of the login-failure counter: the vCenter
+/// refused the credentials (`InvalidLogin`), refused the login otherwise
+/// (another fault), or gave no usable answer.
+pub const LOGIN_FAILURE_REASONS: [&str; 3] = ["invalid_login", "refused", "error"];
+
 /// Objects asked per `WaitForUpdatesEx` answer: a first read of 10,000 VMs
 /// comes in ten answers of a few hundred KB rather than one of several MB.
 const MAX_OBJECT_UPDATES: u32 = 1000;
@@ -128,12 +133,25 @@ struct Inner {
     /// `logout` waits for a login in flight; calls themselves run without it.
     state: Arc<Mutex<State>>,
     logins: AtomicU64,
+    /// Failed logins by [`LOGIN_FAILURE_REASONS`].
+    login_failures: [AtomicU64; 3],
     /// Held while the VM map is read or rebuilt.
     vm_watch: Mutex<VmWatch>,
 }
 
+/// Refused logins in a row and when the next may be tried.
+#[derive(Default)]
+struct LoginGate {
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// A fingerprint of the password that was refused: a password file
+    /// holding something else ends the wait.
+    refused_password: Option<u64>,
+}
+
 #[derive(Default)]
 struct State {
+    gate: LoginGate,
     /// Fetched once: the managed object references never change.
     content: Option<Arc<ServiceContent>>,
     session: Option<Arc<Session>>,
@@ -246,6 +264,7 @@ impl VcenterClient {
                 http,
                 state: Arc::new(Mutex::new(State::default())),
                 logins: AtomicU64::new(0),
+                login_failures: Default::default(),
                 vm_watch: Mutex::new(VmWatch::default()),
             }),
         })
@@ -254,6 +273,12 @@ impl VcenterClient {
     /// The `vcenter` label value (config.host).
     pub fn host(&self) -> &str {
         &self.inner.config.host
+    }
+
+    /// Failed logins since start, by [`LOGIN_FAILURE_REASONS`].
+    pub fn login_failures(&self) -> [(&'static str, u64); 3] {
+        let f = &self.inner.login_failures;
+        [0, 1, 2].map(|i| (LOGIN_FAILURE_REASONS[i], f[i].load(Ordering::Relaxed)))
     }
 
     /// The settings this client was made with.
@@ -391,6 +416,8 @@ impl Inner {
     /// Logs in, holding the lock throughout, and stores the session.
     async fn log_in(&self, mut state: OwnedMutexGuard<State>) -> Result<Arc<Session>, Error> {
         state.session = None;
+        let password = self.password()?;
+        self.check_gate(&mut state.gate, &password)?;
         let content = match &state.content {
             Some(content) => content.clone(),
             None => {
@@ -399,9 +426,10 @@ impl Inner {
                 content
             }
         };
-        let cookie = match self.login(&content).await {
+        let cookie = match self.login(&content, &password).await {
             Ok(cookie) => cookie,
             Err(LoginError { error, cookie }) => {
+                self.count_failed_login(&mut state.gate, &error, &password);
                 if let Some(cookie) = cookie {
                     self.release_unknown_login(&mut state, cookie, content, &error)
                         .await;
@@ -409,6 +437,7 @@ impl Inner {
                 return Err(error);
             }
         };
+        state.gate = LoginGate::default();
         state.generation += 1;
         let session = Arc::new(Session {
             cookie,
@@ -423,6 +452,69 @@ impl Inner {
             "Logged in to vCenter"
         );
         Ok(session)
+    }
+
+    /// The password now: the file read again when there is one.
+    fn password(&self) -> Result<Secret, Error> {
+        match &self.config.password_file {
+            None => Ok(self.config.password.clone()),
+            Some(path) => Secret::from_file(path).map_err(|source| Error::Io {
+                context: format!(
+                    "reading the password file {} of vCenter {}",
+                    path.display(),
+                    self.config.host
+                ),
+                source,
+            }),
+        }
+    }
+
+    /// Refuse to log in while the wait after a refused login runs, unless
+    /// the password changed since (a rotated Secret was mounted).
+    fn check_gate(&self, gate: &mut LoginGate, password: &Secret) -> Result<(), Error> {
+        let Some(retry_at) = gate.retry_at else {
+            return Ok(());
+        };
+        if gate.refused_password != Some(fingerprint(password)) {
+            info!(vcenter = %self.config.host, "The password changed since the refused login, logging in now");
+            *gate = LoginGate::default();
+            return Ok(());
+        }
+        let wait = retry_at.saturating_duration_since(Instant::now());
+        if wait.is_zero() {
+            return Ok(());
+        }
+        Err(Error::LoginBackoff {
+            host: self.config.host.clone(),
+            wait: Duration::from_secs(wait.as_secs().max(1)),
+        })
+    }
+
+    /// Count a failed login; a refusal starts (or lengthens) the wait
+    /// before the next, logged once per step.
+    fn count_failed_login(&self, gate: &mut LoginGate, error: &Error, password: &Secret) {
+        let reason = match error {
+            Error::VcenterLogin { message, .. } if message.starts_with("InvalidLogin") => 0,
+            Error::VcenterLogin { .. } => 1,
+            _ => 2,
+        };
+        self.login_failures[reason].fetch_add(1, Ordering::Relaxed);
+        if reason == 2 {
+            // No answer is no refusal: nothing that counts towards a lockout.
+            return;
+        }
+        gate.failures = gate.failures.saturating_add(1);
+        let wait = self.config.login_backoff.wait(gate.failures);
+        gate.retry_at = Instant::now().checked_add(wait);
+        gate.refused_password = Some(fingerprint(password));
+        warn!(
+            vcenter = %self.config.host,
+            user = %self.config.username,
+            refused_logins = gate.failures,
+            wait_s = wait.as_secs(),
+            error = %error,
+            "vCenter refused the login; not trying again before the wait ends or the password file changes"
+        );
     }
 
     /// The vCenter set a session cookie but the `Login` failed after that:
@@ -522,11 +614,15 @@ impl Inner {
     /// The session cookie of a successful `Login`. A failure carries the
     /// cookie when the response set one and did not say the login was
     /// refused: the session may exist.
-    async fn login(&self, content: &ServiceContent) -> Result<Secret, LoginError> {
+    async fn login(
+        &self,
+        content: &ServiceContent,
+        password: &Secret,
+    ) -> Result<Secret, LoginError> {
         let body = soap::login(
             &content.session_manager,
             &self.config.username,
-            self.config.password.expose(),
+            password.expose(),
         );
         let cookie_of = |cookie: Option<String>| cookie.filter(|c| !c.is_empty()).map(Secret::new);
         let exchange = match self.call("Login", &content.api_version, None, body).await {
@@ -898,15 +994,31 @@ impl Inner {
     /// Removes the password from text a server sent back, in case it echoes
     /// the request: errors end up in logs.
     fn redact(&self, text: &str) -> String {
-        let password = self.config.password.expose();
-        if password.is_empty() {
-            return text.to_string();
+        // The password read at start and, after a rotation, the file's.
+        let current = self.password().ok();
+        let mut text = text.to_string();
+        for password in std::iter::once(&self.config.password).chain(current.as_ref()) {
+            let password = password.expose();
+            if password.is_empty() {
+                continue;
+            }
+            // The request carried the password XML-escaped; an echo may too.
+            let escaped = quick_xml::escape::escape(password);
+            text = text
+                .replace(password, "<redacted>")
+                .replace(escaped.as_ref(), "<redacted>");
         }
-        // The request carried the password XML-escaped; an echo may too.
-        let escaped = quick_xml::escape::escape(password);
-        text.replace(password, "<redacted>")
-            .replace(escaped.as_ref(), "<redacted>")
+        text
     }
+}
+
+/// A fingerprint of a password, to tell whether a password file changed
+/// without keeping the password itself a second time.
+fn fingerprint(password: &Secret) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    password.expose().hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Local time, milliseconds since the Unix epoch.

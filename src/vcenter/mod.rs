@@ -16,7 +16,7 @@ pub mod soap;
 pub mod updates;
 pub mod vm_map;
 
-pub use client::{Observation, VcenterClient, VcenterClock};
+pub use client::{LOGIN_FAILURE_REASONS, Observation, VcenterClient, VcenterClock};
 pub use vm_map::VmMapStats;
 
 use std::path::PathBuf;
@@ -35,7 +35,12 @@ pub struct VcenterConfig {
     /// The value of the `vcenter` label: the host of `url`.
     pub host: String,
     pub username: String,
+    /// The password read at start; with `password_file` set, the file is
+    /// read again before every login, so a rotated password is picked up.
     pub password: Secret,
+    pub password_file: Option<PathBuf>,
+    /// How long to wait after a refused login before the next.
+    pub login_backoff: LoginBackoff,
     /// Sent as `User-Agent`, so the reporter's own session is recognisable in
     /// the list it reports.
     pub user_agent: String,
@@ -53,6 +58,37 @@ pub struct VcenterConfig {
     pub aliases: Vec<String>,
     /// Keep the guest IP -> VM map (`leaks.vm_attribution`).
     pub vm_map: bool,
+}
+
+/// The waits after refused logins: `min` after the first, doubling up to
+/// `max`. vSphere SSO locks an account after 5 failed logins in 180 s by
+/// default; at most one login per `min` keeps the reporter far from that
+/// (at most 3 in any 180 s with the defaults), whatever the interval, and
+/// leaves room for the other tools sharing the account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginBackoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for LoginBackoff {
+    fn default() -> Self {
+        LoginBackoff {
+            min: Duration::from_secs(60),
+            max: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl LoginBackoff {
+    /// The wait after `failures` refused logins in a row (1 for the first).
+    pub fn wait(&self, failures: u32) -> Duration {
+        let doublings = failures.saturating_sub(1).min(16);
+        self.min
+            .saturating_mul(1u32 << doublings)
+            .min(self.max)
+            .max(self.min)
+    }
 }
 
 /// The default of `vcenters[].session_limit`: vCenter 8.0U3's
@@ -85,4 +121,29 @@ pub struct UserSession {
     /// A session an extension (a vCenter solution) opened for itself: never
     /// a CI job's, so never counted as leaked.
     pub extension_session: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn login_waits_double_from_a_minute_to_fifteen_and_allow_three_tries_in_180_s() {
+        let b = LoginBackoff::default();
+        let waits: Vec<u64> = (1..=7).map(|n| b.wait(n).as_secs()).collect();
+        assert_eq!(waits, [60, 120, 240, 480, 900, 900, 900]);
+        // Tries at 0, 60, 180, 420, ...: any 180 s window holds at most 3.
+        let mut at = vec![0u64];
+        for n in 1..=10 {
+            at.push(at.last().unwrap() + b.wait(n).as_secs());
+        }
+        for start in 0..at[at.len() - 1] {
+            let n = at
+                .iter()
+                .filter(|&&t| t >= start && t <= start + 180)
+                .count();
+            assert!(n <= 3, "{n} tries in [{start}, {}]", start + 180);
+        }
+        assert_eq!(b.wait(u32::MAX), b.max);
+    }
 }
