@@ -243,7 +243,12 @@ pub async fn run(
                 () = &mut shutdown => {
                     info!("Shutting down");
                     let _ = stop_tx.send(true);
-                    scheduled.await
+                    // The vCenter logouts start now, beside the drain of a
+                    // running cycle, so the sessions (and a login in
+                    // flight) are released within the grace period
+                    // whatever that cycle does; no login follows them.
+                    let (result, _) = tokio::join!(&mut scheduled, cycle.logout_vcenters());
+                    result
                 }
             };
             let _ = stop_tx.send(true);

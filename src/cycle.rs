@@ -26,8 +26,9 @@ use crate::vcenter::VcenterClient;
 
 /// Time the sinks get on shutdown for their stale markers and group
 /// deletion. With [`crate::app::DRAIN_TIMEOUT`] it stays under the 30 s
-/// Kubernetes gives a pod between SIGTERM and SIGKILL.
-pub const SINK_SHUTDOWN_BUDGET: Duration = Duration::from_secs(10);
+/// Kubernetes gives a pod between SIGTERM and SIGKILL; with a dead target
+/// the process exits about this long after SIGTERM.
+pub const SINK_SHUTDOWN_BUDGET: Duration = Duration::from_secs(8);
 
 /// Time the vCenter logouts get on shutdown (beside the sinks). A logout
 /// waits for a login in flight first, so this is what keeps a stuck vCenter
@@ -361,8 +362,16 @@ impl Cycle {
             metrics::REPORTER_LOGIN_FAILURES_TOTAL,
             "Failed logins of the reporter to the vCenter since start, by reason.",
         );
+        let mut orphans = MetricFamily::counter(
+            metrics::REPORTER_ORPHANS_TERMINATED_TOTAL,
+            "Sessions of the reporter's own logins that got no answer, terminated since start.",
+        );
         for client in &self.sources.vcenters {
             logins.push([("vcenter", client.host())], client.logins() as f64);
+            orphans.push(
+                [("vcenter", client.host())],
+                client.orphans_terminated() as f64,
+            );
             for (reason, n) in client.login_failures() {
                 login_failures.push([("vcenter", client.host()), ("reason", reason)], n as f64);
             }
@@ -379,6 +388,7 @@ impl Cycle {
             .with(no_labels(), self.skipped.load(Ordering::Relaxed) as f64),
             logins,
             login_failures,
+            orphans,
         ];
         families.extend(self.vm_map_families().await);
         for sink in &self.sinks {
@@ -527,6 +537,22 @@ impl Cycle {
             }))
             .await
         };
+        let (sink_results, mut failures) = tokio::join!(sinks, self.logout_vcenters());
+
+        for (name, result) in sink_results {
+            if let Err(e) = result {
+                warn!(sink = %name, error = %e, "Sink shutdown failed");
+                failures.push(format!("sink {name}: {e}"));
+            }
+        }
+        failures
+    }
+
+    /// Log out of every vCenter at once, each within [`LOGOUT_BUDGET`]; no
+    /// client logs in again afterwards. A login in flight is waited for and
+    /// its session released. Safe to call twice (the second does nothing).
+    /// Returns the failure lines.
+    pub async fn logout_vcenters(&self) -> Vec<String> {
         let logouts = join_all(self.sources.vcenters.iter().map(|client| async move {
             let result = tokio::time::timeout(LOGOUT_BUDGET, client.logout())
                 .await
@@ -537,18 +563,11 @@ impl Cycle {
                     })
                 });
             (client.host().to_string(), result)
-        }));
-        let (sink_results, logout_results) = tokio::join!(sinks, logouts);
-
+        }))
+        .await;
         let mut failures = Vec::new();
-        for (name, result) in sink_results {
-            if let Err(e) = result {
-                warn!(sink = %name, error = %e, "Sink shutdown failed");
-                failures.push(format!("sink {name}: {e}"));
-            }
-        }
         // The client logs a successful logout itself.
-        for (host, result) in logout_results {
+        for (host, result) in logouts {
             if let Err(e) = result {
                 warn!(vcenter = %host, error = %e, "Logout failed");
                 failures.push(format!("logout: {e}"));

@@ -71,6 +71,10 @@ pub const REPORTER_LOGINS_TOTAL: &str = "vsphere_ci_user_sessions_reporter_login
 /// does not have.
 pub const REPORTER_LOGIN_FAILURES_TOTAL: &str =
     "vsphere_ci_user_sessions_reporter_login_failures_total";
+/// Sessions of the reporter's own lost logins (no answer arrived) that it
+/// terminated.
+pub const REPORTER_ORPHANS_TERMINATED_TOTAL: &str =
+    "vsphere_ci_user_sessions_reporter_orphans_terminated_total";
 /// Scheduler ticks skipped because the previous cycle was still running.
 pub const CYCLES_SKIPPED_TOTAL: &str = "vsphere_ci_user_sessions_cycles_skipped_total";
 

@@ -238,3 +238,38 @@ async fn a_30_second_prometheus_outage_leaves_no_gap_and_the_others_miss_no_cycl
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_a_dead_target_releases_the_vcenter_session_at_once_and_exits_in_time() {
+    let world = World::start().await;
+    let dead = black_hole();
+    let (mut reporter, port) = world.start_reporter(&format!(
+        "remote_write:\n  - url: http://127.0.0.1:{dead}/api/v1/write\n"
+    ));
+    scrape_until(&reporter, port, Duration::from_secs(30), "2 cycles", |t| {
+        cycles(t) >= 2.0
+    })
+    .await;
+    let admin = world.vcsim.admin().await;
+    let ours = || async {
+        admin
+            .sessions_with_agent("vsphere-ci-session-metrics")
+            .await
+            .len()
+    };
+    assert_eq!(ours().await, 1);
+
+    let signalled = Instant::now();
+    reporter.terminate();
+    // The logout does not wait for the dead target's stale markers.
+    while ours().await > 0 {
+        assert!(
+            signalled.elapsed() < Duration::from_secs(2),
+            "the vCenter session outlived SIGTERM by 2 s; log:\n{}",
+            reporter.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = reporter.wait_exit(Duration::from_secs(12));
+    assert!(status.success(), "{status:?}; log:\n{}", reporter.log());
+}

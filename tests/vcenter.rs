@@ -230,12 +230,12 @@ async fn an_idle_expired_session_is_recovered_by_one_relogin() {
 #[tokio::test]
 async fn logout_on_shutdown_removes_the_reporter_session() {
     let sim = Vcsim::start(&[]);
-    let client = client(sim.url());
     // Before any call there is nothing to log out of.
-    client
+    client(sim.url())
         .logout()
         .await
         .expect("logout without a session is a no-op");
+    let client = client(sim.url());
     client.list_sessions().await.expect("sessions are listed");
     let admin = sim.admin().await;
     assert_eq!(admin.sessions_with_agent(REPORTER_AGENT).await.len(), 1);
@@ -243,6 +243,13 @@ async fn logout_on_shutdown_removes_the_reporter_session() {
     client.logout().await.expect("logout succeeds");
     assert!(admin.sessions_with_agent(REPORTER_AGENT).await.is_empty());
     client.logout().await.expect("a second logout is a no-op");
+    assert_eq!(client.logins(), 1);
+    // Shutdown is final: a cycle still running cannot log in again.
+    client
+        .list_sessions()
+        .await
+        .expect_err("no login after logout");
+    assert!(admin.sessions_with_agent(REPORTER_AGENT).await.is_empty());
     assert_eq!(client.logins(), 1);
 }
 
@@ -971,4 +978,105 @@ async fn a_vcenter_refusing_every_login_gets_one_try_per_backoff_step_until_the_
         .rfind(|s| s.method == "Login")
         .unwrap();
     assert_eq!(last.password.as_deref(), Some("rotated-pass"));
+}
+
+/// A proxy in front of vcsim whose first `Login` reaches vcsim (which makes
+/// the session) but whose answer never comes back within the client's
+/// timeout: a login lost on the way back.
+async fn start_lossy_login_proxy(vcsim: &Vcsim) -> Url {
+    #[derive(Clone)]
+    struct Proxy {
+        sdk: String,
+        http: reqwest::Client,
+        logins: Arc<Mutex<usize>>,
+    }
+    async fn forward(State(proxy): State<Proxy>, headers: HeaderMap, body: String) -> Response {
+        let is_login = body.contains("<Login ");
+        let mut request = proxy.http.post(&proxy.sdk).body(body);
+        for name in ["cookie", "soapaction", "user-agent", "content-type"] {
+            if let Some(value) = headers.get(name) {
+                request = request.header(name, value.clone());
+            }
+        }
+        let answer = request.send().await.expect("vcsim answers the proxy");
+        let status = answer.status();
+        let cookie = answer.headers().get("set-cookie").cloned();
+        let text = answer.text().await.unwrap_or_default();
+        let first_login = is_login && {
+            let mut n = proxy.logins.lock().unwrap();
+            *n += 1;
+            *n == 1
+        };
+        if first_login {
+            // vCenter made the session; its answer is lost.
+            tokio::time::sleep(Duration::from_secs(30)).await;
+        }
+        let mut response = (
+            StatusCode::from_u16(status.as_u16()).unwrap(),
+            [("content-type", "text/xml; charset=utf-8")],
+            text,
+        )
+            .into_response();
+        if let Some(cookie) = cookie {
+            response.headers_mut().insert("set-cookie", cookie);
+        }
+        response
+    }
+    let proxy = Proxy {
+        sdk: vcsim.sdk_url(),
+        http: reqwest::Client::new(),
+        logins: Arc::new(Mutex::new(0)),
+    };
+    let app = axum::Router::new()
+        .route("/sdk", axum::routing::post(forward))
+        .with_state(proxy);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Url::parse(&format!("http://{addr}")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_whose_answer_is_lost_leaves_no_second_session_after_the_next_cycle() {
+    let vcsim = Vcsim::start(&[]);
+    let admin = vcsim.admin().await;
+    let url = start_lossy_login_proxy(&vcsim).await;
+    let mut cfg = config(&url, REPORTER_USER, PASSWORD);
+    cfg.timeout = Duration::from_secs(2);
+    cfg.vm_map = false;
+    let client = VcenterClient::new(cfg).unwrap();
+
+    // Cycle 1: the Login times out; vcsim holds a session we never heard of.
+    let err = client
+        .observe()
+        .await
+        .expect_err("the login answer is lost");
+    assert!(matches!(err, Error::VcenterHttp { .. }), "{err:?}");
+    assert_eq!(admin.sessions_with_agent(REPORTER_AGENT).await.len(), 1);
+
+    // Cycle 2 logs in again and ends the lost login's session.
+    client
+        .observe()
+        .await
+        .expect("the second login is answered");
+    let left = admin.sessions_with_agent(REPORTER_AGENT).await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(client.orphans_terminated(), 1);
+
+    // A session of the same user and agent from another login (another
+    // replica, say), made well after the lost one, is left alone.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let other = vcsim.login(REPORTER_USER, REPORTER_AGENT).await;
+    client.observe().await.unwrap();
+    let keys: Vec<String> = admin
+        .sessions_with_agent(REPORTER_AGENT)
+        .await
+        .into_iter()
+        .map(|r| r.key)
+        .collect();
+    assert!(keys.contains(&other.key().to_string()), "{keys:?}");
+    assert_eq!(client.orphans_terminated(), 1);
+    client.logout().await.unwrap();
 }

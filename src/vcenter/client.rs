@@ -135,6 +135,7 @@ struct Inner {
     logins: AtomicU64,
     /// Failed logins by [`LOGIN_FAILURE_REASONS`].
     login_failures: [AtomicU64; 3],
+    orphans_terminated: AtomicU64,
     /// Held while the VM map is read or rebuilt.
     vm_watch: Mutex<VmWatch>,
 }
@@ -161,6 +162,13 @@ struct State {
     /// Counts logins; lets a caller that saw a dead session tell whether
     /// another task has already replaced it.
     generation: u64,
+    /// Logins that got no answer at all (local ms, start and end): the
+    /// vCenter may have made a session we never heard of. Swept after each
+    /// listing ([`Inner::sweep_lost_logins`]).
+    lost_logins: Vec<(i64, i64)>,
+    /// Set by `logout`: no new login after it, so a cycle still running at
+    /// shutdown cannot leave a session behind.
+    closing: bool,
 }
 
 struct Session {
@@ -168,6 +176,8 @@ struct Session {
     cookie: Secret,
     content: Arc<ServiceContent>,
     generation: u64,
+    /// The session's key, from the Login answer (`None` if not sent).
+    key: Option<String>,
 }
 
 /// A raw HTTP exchange.
@@ -265,6 +275,7 @@ impl VcenterClient {
                 state: Arc::new(Mutex::new(State::default())),
                 logins: AtomicU64::new(0),
                 login_failures: Default::default(),
+                orphans_terminated: AtomicU64::new(0),
                 vm_watch: Mutex::new(VmWatch::default()),
             }),
         })
@@ -273,6 +284,11 @@ impl VcenterClient {
     /// The `vcenter` label value (config.host).
     pub fn host(&self) -> &str {
         &self.inner.config.host
+    }
+
+    /// Sessions of the reporter's own lost logins it terminated since start.
+    pub fn orphans_terminated(&self) -> u64 {
+        self.inner.orphans_terminated.load(Ordering::Relaxed)
     }
 
     /// Failed logins since start, by [`LOGIN_FAILURE_REASONS`].
@@ -332,6 +348,7 @@ impl VcenterClient {
             }
             other => (session, other?),
         };
+        inner.sweep_lost_logins(&session, &sessions, clock).await;
         let mut observation = Observation {
             sessions,
             clock,
@@ -386,7 +403,8 @@ impl VcenterClient {
     pub async fn logout(&self) -> Result<(), Error> {
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let state = inner.state.clone().lock_owned().await;
+            let mut state = inner.state.clone().lock_owned().await;
+            state.closing = true;
             inner.log_out(state).await
         })
         .await
@@ -416,6 +434,12 @@ impl Inner {
     /// Logs in, holding the lock throughout, and stores the session.
     async fn log_in(&self, mut state: OwnedMutexGuard<State>) -> Result<Arc<Session>, Error> {
         state.session = None;
+        if state.closing {
+            return Err(Error::VcenterHttp {
+                host: self.config.host.clone(),
+                message: "logging out for shutdown: no new login".into(),
+            });
+        }
         let password = self.password()?;
         self.check_gate(&mut state.gate, &password)?;
         let content = match &state.content {
@@ -426,13 +450,22 @@ impl Inner {
                 content
             }
         };
-        let cookie = match self.login(&content, &password).await {
-            Ok(cookie) => cookie,
+        let attempt_ms = unix_ms();
+        let (cookie, key) = match self.login(&content, &password).await {
+            Ok(login) => login,
             Err(LoginError { error, cookie }) => {
                 self.count_failed_login(&mut state.gate, &error, &password);
-                if let Some(cookie) = cookie {
-                    self.release_unknown_login(&mut state, cookie, content, &error)
-                        .await;
+                match cookie {
+                    Some(cookie) => {
+                        self.release_unknown_login(&mut state, cookie, content, &error)
+                            .await;
+                    }
+                    // No answer at all: a session may exist that only its
+                    // login time can tell (see `sweep_lost_logins`).
+                    None if !matches!(error, Error::VcenterLogin { .. }) => {
+                        state.lost_logins.push((attempt_ms, unix_ms()));
+                    }
+                    None => {}
                 }
                 return Err(error);
             }
@@ -443,6 +476,7 @@ impl Inner {
             cookie,
             content,
             generation: state.generation,
+            key,
         });
         state.session = Some(session.clone());
         self.logins.fetch_add(1, Ordering::Relaxed);
@@ -543,6 +577,7 @@ impl Inner {
                 cookie,
                 content,
                 generation: 0,
+                key: None,
             });
         }
     }
@@ -618,7 +653,7 @@ impl Inner {
         &self,
         content: &ServiceContent,
         password: &Secret,
-    ) -> Result<Secret, LoginError> {
+    ) -> Result<(Secret, Option<String>), LoginError> {
         let body = soap::login(
             &content.session_manager,
             &self.config.username,
@@ -648,7 +683,7 @@ impl Inner {
             cookie: None,
         };
         match self.reply(exchange, soap::parse_login) {
-            Ok(()) => cookie.ok_or_else(|| {
+            Ok(key) => cookie.map(|c| (c, key)).ok_or_else(|| {
                 refused(format!("the Login response set no {SESSION_COOKIE} cookie"))
             }),
             Err(Error::SoapFault { fault, message, .. }) => Err(refused(if message.is_empty() {
@@ -659,6 +694,78 @@ impl Inner {
             Err(Error::NotAuthenticated { .. }) => Err(refused("NotAuthenticated".into())),
             // An unreadable answer: the login may have succeeded.
             Err(error) => Err(LoginError { error, cookie }),
+        }
+    }
+
+    /// Terminate the sessions of the reporter's own logins that got no
+    /// answer: same user and user agent as the reporter, not its current
+    /// session, logged in (by the vCenter's clock, moved onto ours) within
+    /// a few seconds of such a login. A lost login is recorded when it
+    /// fails, so its session is at least a cycle old by the time a listing
+    /// shows it. Another tool's sessions never match all of that; a second
+    /// reporter with the same user and agent (an HA pair) does not either,
+    /// unless it logged in within the same seconds as a lost login of ours:
+    /// give each replica its own user agent.
+    async fn sweep_lost_logins(
+        &self,
+        session: &Session,
+        sessions: &[UserSession],
+        clock: VcenterClock,
+    ) {
+        /// How far a session's login time may lie from our lost attempt.
+        const SLACK_MS: i64 = 5_000;
+        /// Lost logins older than this are forgotten: vCenter ends idle
+        /// sessions after 30 minutes by default.
+        const FORGET_MS: i64 = 2 * 60 * 60 * 1000;
+        let lost = {
+            let mut state = self.state.lock().await;
+            let now = unix_ms();
+            state.lost_logins.retain(|(_, end)| now - end < FORGET_MS);
+            state.lost_logins.clone()
+        };
+        if lost.is_empty() {
+            return;
+        }
+        let user = crate::correlate::normalize_username(&self.config.username);
+        let candidates: Vec<String> = sessions
+            .iter()
+            .filter(|s| {
+                crate::correlate::normalize_username(&s.user_name) == user
+                    && s.user_agent == self.config.user_agent
+                    && Some(&s.key) != session.key.as_ref()
+                    && super::parse_time_ms(&s.login_time).is_some_and(|t| {
+                        let local = t - clock.offset_ms();
+                        lost.iter()
+                            .any(|(a, b)| local >= a - SLACK_MS && local <= b + SLACK_MS)
+                    })
+            })
+            .map(|s| s.key.clone())
+            .collect();
+        for key in candidates {
+            let short: String = key.chars().take(8).collect();
+            let exchange = self
+                .call(
+                    "TerminateSession",
+                    &session.content.api_version,
+                    Some(&session.cookie),
+                    soap::terminate_session(&session.content.session_manager, &key),
+                )
+                .await;
+            let result = match exchange {
+                Ok(exchange) => self.reply(exchange, |xml| {
+                    soap::parse_empty(xml, "TerminateSessionResponse")
+                }),
+                Err(e) => Err(e.into()),
+            };
+            match result {
+                Ok(()) => {
+                    self.orphans_terminated.fetch_add(1, Ordering::Relaxed);
+                    info!(vcenter = %self.config.host, session = %short,
+                        "Terminated a session of a login of ours that got no answer");
+                }
+                Err(e) => warn!(vcenter = %self.config.host, session = %short, error = %e,
+                    "Terminating a session of a lost login failed, trying again next cycle"),
+            }
         }
     }
 

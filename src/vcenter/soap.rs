@@ -284,9 +284,19 @@ pub fn parse_service_content(xml: &[u8]) -> Result<Reply<ServiceContent>, ParseE
     })
 }
 
-/// Parses a `Login` response (its `UserSession` is not needed).
-pub fn parse_login(xml: &[u8]) -> Result<Reply<()>, ParseError> {
-    Document::parse(xml, "LoginResponse")?.reply(|_| Ok(()))
+/// Parses a `Login` response: the new session's key, when sent (the
+/// reporter tells its own session from a lost one by it).
+pub fn parse_login(xml: &[u8]) -> Result<Reply<Option<String>>, ParseError> {
+    Document::parse(xml, "LoginResponse")?.reply(|doc| Ok(doc.login_key))
+}
+
+/// `TerminateSession` of the sessions with these keys.
+pub fn terminate_session(session_manager: &MoRef, key: &str) -> String {
+    envelope(&format!(
+        r#"<TerminateSession xmlns="urn:vim25">{}<sessionId>{}</sessionId></TerminateSession>"#,
+        this(session_manager),
+        escape(key)
+    ))
 }
 
 /// Parses a `CurrentTime` response: the vCenter's time as sent (ISO 8601).
@@ -350,6 +360,8 @@ struct Document {
     root_folder: Option<MoRef>,
     view_manager: Option<MoRef>,
     api_version: Option<String>,
+    /// `returnval/key` of a `LoginResponse`.
+    login_key: Option<String>,
     /// Text of a `returnval` leaf (`CurrentTime`) and its `type`
     /// attribute (methods returning a managed object reference).
     returnval: Option<MoRef>,
@@ -524,6 +536,12 @@ impl Document {
                         ] => {
                             if let Some(m) = missing.as_mut() {
                                 m.message = text.trim().to_string();
+                            }
+                        }
+                        ["returnval", "key"] => {
+                            let key = text.trim();
+                            if !key.is_empty() {
+                                doc.login_key = Some(key.to_string());
                             }
                         }
                         ["returnval", "token"] => {
@@ -989,7 +1007,12 @@ mod tests {
 
     #[test]
     fn login_response_is_accepted() {
-        assert_eq!(parse_login(&fixture("login.xml")), Ok(Reply::Ok(())));
+        assert_eq!(
+            parse_login(&fixture("login.xml")),
+            Ok(Reply::Ok(Some(
+                "52aa0000-1111-2222-3333-444455556666".into()
+            )))
+        );
     }
 
     #[test]
