@@ -291,7 +291,10 @@ pub fn client_builder(
     connect_timeout: Duration,
     user_agent: &str,
 ) -> Result<reqwest::ClientBuilder, Error> {
+    // No redirects: a 307 would resend the body and the Authorization
+    // header to wherever the Location header points.
     let mut builder = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(user_agent)
         .connect_timeout(connect_timeout);
     if let Some(path) = &tls.ca_file {

@@ -1080,3 +1080,60 @@ async fn a_login_whose_answer_is_lost_leaves_no_second_session_after_the_next_cy
     assert_eq!(client.orphans_terminated(), 1);
     client.logout().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_redirect_is_never_followed_so_the_password_stays_where_it_was_sent() {
+    // Where a redirect would lead: it counts what reaches it.
+    let hits = Arc::new(Mutex::new(Vec::<String>::new()));
+    let catcher = {
+        let hits = hits.clone();
+        axum::Router::new().fallback(move |body: String| {
+            let hits = hits.clone();
+            async move {
+                hits.lock().unwrap().push(body);
+                StatusCode::OK
+            }
+        })
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let caught = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, catcher).await;
+    });
+    // A vCenter that answers the Login with a 307 to it.
+    let redirector = axum::Router::new().route(
+        "/sdk",
+        axum::routing::post(move |body: String| async move {
+            if body.contains("<RetrieveServiceContent") {
+                (
+                    StatusCode::OK,
+                    HeaderMap::new(),
+                    fixture("service_content.xml"),
+                )
+            } else {
+                let mut headers = HeaderMap::new();
+                headers.insert("location", format!("http://{caught}/sdk").parse().unwrap());
+                (StatusCode::TEMPORARY_REDIRECT, headers, String::new())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, redirector).await;
+    });
+    let url = Url::parse(&format!("http://{addr}")).unwrap();
+
+    let err = client(&url)
+        .list_sessions()
+        .await
+        .expect_err("a redirected login fails");
+    assert!(
+        matches!(err, Error::VcenterStatus { status: 307, .. }),
+        "{err:?}"
+    );
+    assert!(
+        hits.lock().unwrap().is_empty(),
+        "the Login was resent elsewhere"
+    );
+}

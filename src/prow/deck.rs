@@ -44,7 +44,9 @@ impl DeckSource {
         let url = base
             .join(PROWJOBS_PATH)
             .map_err(|e| Error::Config(format!("--prow {base}: {e}")))?;
+        // No redirects: deck is read from the configured host only.
         let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(timeout)
             .connect_timeout(timeout)
             .user_agent(concat!(

@@ -222,11 +222,20 @@ impl VcenterClient {
     /// Builds the HTTP client (TLS settings, timeouts). No network I/O.
     pub fn new(config: VcenterConfig) -> Result<Self, Error> {
         let endpoint = sdk_endpoint(&config.url);
+        // No redirects: a 307 would post the Login body, password and all,
+        // to wherever the Location header points.
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .user_agent(config.user_agent.clone());
+        if config.url.scheme() == "http" && !is_loopback(&config.url) {
+            warn!(
+                vcenter = %config.host,
+                "The vCenter URL is plain http: the password travels in clear text"
+            );
+        }
         if let Some(path) = &config.ca_file {
             let pem = std::fs::read(path).map_err(|source| Error::Io {
                 context: format!("reading the vCenter CA file {}", path.display()),
@@ -1119,6 +1128,17 @@ impl Inner {
     }
 }
 
+/// Whether the URL's host is a loopback address (`localhost`, 127.0.0.0/8,
+/// `::1`), where plain http stays on the machine.
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
 /// A fingerprint of a password, to tell whether a password file changed
 /// without keeping the password itself a second time.
 fn fingerprint(password: &Secret) -> u64 {
@@ -1185,6 +1205,17 @@ fn describe(err: reqwest::Error, method: &str, timeout: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_loopback_hosts_count_as_staying_on_the_machine() {
+        let loopback = |s: &str| is_loopback(&Url::parse(s).expect("test URL is valid"));
+        assert!(loopback("http://127.0.0.1:8989"));
+        assert!(loopback("http://127.4.5.6"));
+        assert!(loopback("http://[::1]:80"));
+        assert!(loopback("http://LOCALHOST"));
+        assert!(!loopback("http://vc.example.com"));
+        assert!(!loopback("http://10.0.0.1"));
+    }
 
     #[test]
     fn session_cookie_is_read_quoted_or_not() {
