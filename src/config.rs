@@ -118,7 +118,7 @@ pub struct FileConfig {
     /// deduplication in Mimir or Cortex).
     #[serde(default)]
     pub external_labels: BTreeMap<String, String>,
-    pub pushgateway: Option<serde_yaml::Value>,
+    pub pushgateway: Option<crate::sink::pushgateway::config::FilePushgateway>,
     /// How sessions are tied to jobs and told leaked.
     #[serde(default)]
     pub leaks: FileLeaks,
@@ -227,17 +227,64 @@ impl Config {
 /// files, so it is table-tested below.
 pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Error> {
     let at = |field: &str| format!("{origin}: {field}");
+    let (leaks, vm_attribution) = leak_rules(&file.leaks, &at)?;
+    let mut vcenters = vcenters_config(flags, &file, &at)?;
+    for vc in &mut vcenters {
+        vc.vm_map = vm_attribution;
+    }
+    let (prow, selector, prow_timeout) = prow_config(flags, &file.prow, &at)?;
+    let (default_build_cluster, build_clusters, kube_timeout) =
+        build_clusters_config(flags, &file, &at)?;
+    let schedule = schedule_config(flags, &file, &at)?;
+    let log_level = log_level_config(flags, &file)?;
+    let remote_write = remote_write_config(flags, file.remote_write)?;
+    let pushgateway = pushgateway_config(flags, file.pushgateway, origin)?;
+    let external_labels = external_labels_config(file.external_labels, &at)?;
+    Ok(Config {
+        vcenters,
+        prow,
+        selector,
+        prow_timeout,
+        default_build_cluster,
+        build_clusters,
+        kube_timeout,
+        listen_port: flags
+            .listen_port
+            .or(file.listen_port)
+            .unwrap_or(DEFAULT_LISTEN_PORT),
+        log_level,
+        log_format: flags
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
+        schedule,
+        remote_write,
+        external_labels,
+        pushgateway,
+        leaks,
+        state_file: flags.state_file.clone().or(file.state_file),
+    })
+}
 
-    // vCenters: file entries, then the one from flags replacing the entry of
-    // the same host or added after them.
+/// The vCenters: the file's entries, then the one from the flags replacing
+/// the entry of the same host or added after them; hosts and aliases unique.
+fn vcenters_config(
+    flags: &Flags,
+    file: &FileConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<VcenterConfig>, Error> {
     let mut vcenters = Vec::new();
     for (i, entry) in file.vcenters.iter().enumerate() {
         let field = |name: &str| at(&format!("vcenters[{i}].{name}"));
         vcenters.push(vcenter_from_file(entry, &field)?);
     }
     if let Some(vsphere) = &flags.vsphere {
-        let url = parse_host_or_url(vsphere, "https")
-            .map_err(|e| Error::Config(format!("--vsphere (VSPHERE) {vsphere:?}: {e}")))?;
+        let url = parse_host_or_url(vsphere, "https").map_err(|e| {
+            Error::Config(format!(
+                "--vsphere (VSPHERE) {:?}: {e}",
+                redact_userinfo(vsphere)
+            ))
+        })?;
         let host = host_label(&url);
         let existing = vcenters.iter().position(|v: &VcenterConfig| v.host == host);
         let base = existing.map(|i| vcenters.remove(i));
@@ -340,56 +387,59 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             }
         }
     }
-    let (leaks, vm_attribution) = leak_rules(&file.leaks, &at)?;
-    for vc in &mut vcenters {
-        vc.vm_map = vm_attribution;
-    }
+    Ok(vcenters)
+}
 
-    // Prow.
+/// Where the running jobs come from, which count, and the listing's bound.
+fn prow_config(
+    flags: &Flags,
+    file: &FileProw,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(ProwSourceConfig, JobSelector, Duration), Error> {
     let selector = JobSelector {
         cloud: file
-            .prow
             .cloud
             .clone()
             .unwrap_or_else(|| JobSelector::default().cloud),
         cluster_prefix: file
-            .prow
             .cluster_prefix
             .clone()
             .unwrap_or_else(|| JobSelector::default().cluster_prefix),
     };
-    let prow_kubeconfig = flags
-        .prow_kubeconfig
-        .clone()
-        .or(file.prow.kubeconfig.clone());
+    let prow_kubeconfig = flags.prow_kubeconfig.clone().or(file.kubeconfig.clone());
     let prow = match prow_kubeconfig {
         Some(kubeconfig) => ProwSourceConfig::Api {
             kubeconfig,
-            namespace: file
-                .prow
-                .namespace
-                .clone()
-                .unwrap_or_else(|| "ci".to_string()),
-            list_unlabelled: file.prow.list_unlabelled,
+            namespace: file.namespace.clone().unwrap_or_else(|| "ci".to_string()),
+            list_unlabelled: file.list_unlabelled,
         },
         None => {
             let raw = flags
                 .prow
                 .clone()
-                .or(file.prow.url.clone())
+                .or(file.url.clone())
                 .unwrap_or_else(|| DEFAULT_PROW.to_string());
+            let source = if flags.prow.is_some() {
+                "--prow (PROW)".to_string()
+            } else {
+                at("prow.url")
+            };
             let url = parse_host_or_url(&raw, "https")
-                .map_err(|e| Error::Config(format!("--prow (PROW) {raw:?}: {e}")))?;
+                .map_err(|e| Error::Config(format!("{source} {:?}: {e}", redact_userinfo(&raw))))?;
             ProwSourceConfig::Deck { url }
         }
     };
-    let prow_timeout = duration_or(
-        &file.prow.timeout,
-        DEFAULT_PROW_TIMEOUT,
-        &at("prow.timeout"),
-    )?;
+    let prow_timeout = duration_or(&file.timeout, DEFAULT_PROW_TIMEOUT, &at("prow.timeout"))?;
 
-    // Build clusters.
+    Ok((prow, selector, prow_timeout))
+}
+
+/// The default build cluster, the named ones, and the API call bound.
+fn build_clusters_config(
+    flags: &Flags,
+    file: &FileConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(BuildCluster, Vec<BuildCluster>, Duration), Error> {
     let default_build_cluster = BuildCluster {
         name: "build".to_string(),
         kubeconfig: flags.kubeconfig.clone().or(file.kubeconfig.clone()),
@@ -418,8 +468,16 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
         &at("kube_timeout"),
     )?;
 
-    // Schedule: --schedule > --interval > file schedule > file interval.
-    let schedule = if let Some(expr) = &flags.schedule {
+    Ok((default_build_cluster, build_clusters, kube_timeout))
+}
+
+/// `--schedule` > `--interval` > the file's schedule > the file's interval.
+fn schedule_config(
+    flags: &Flags,
+    file: &FileConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Schedule, Error> {
+    Ok(if let Some(expr) = &flags.schedule {
         Schedule::parse(expr)?
     } else if flags.interval.is_none() && file.schedule.is_some() {
         let expr = file.schedule.as_deref().unwrap_or_default();
@@ -439,8 +497,10 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             return Err(Error::Config(format!("{source} must be greater than 0")));
         }
         Schedule::Interval(interval)
-    };
+    })
+}
 
+fn log_level_config(flags: &Flags, file: &FileConfig) -> Result<String, Error> {
     let log_level = flags
         .log_level
         .clone()
@@ -454,8 +514,16 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
         )));
     }
 
-    // Sinks.
-    let mut remote_write = file.remote_write;
+    Ok(log_level)
+}
+
+/// The file's remote-write targets and the `--remote-write` URLs, each
+/// checked, their target names distinct.
+fn remote_write_config(
+    flags: &Flags,
+    from_file: Vec<RemoteWriteConfig>,
+) -> Result<Vec<RemoteWriteConfig>, Error> {
+    let mut remote_write = from_file;
     for url in &flags.remote_write {
         if remote_write.iter().any(|rw| rw.url.as_str() == url) {
             continue;
@@ -486,9 +554,15 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
         }
     }
 
-    let pushgateway = pushgateway_config(flags, file.pushgateway, origin)?;
+    Ok(remote_write)
+}
 
-    let mut external_labels: Vec<(String, String)> = file.external_labels.into_iter().collect();
+/// External labels: empty values dropped, names valid.
+fn external_labels_config(
+    labels: BTreeMap<String, String>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Vec<(String, String)>, Error> {
+    let mut external_labels: Vec<(String, String)> = labels.into_iter().collect();
     external_labels.retain(|(_, v)| !v.is_empty());
     for (name, _) in &external_labels {
         if !crate::metrics::is_valid_label_name(name) || name == "__name__" {
@@ -499,30 +573,7 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
         }
     }
 
-    Ok(Config {
-        vcenters,
-        prow,
-        selector,
-        prow_timeout,
-        default_build_cluster,
-        build_clusters,
-        kube_timeout,
-        listen_port: flags
-            .listen_port
-            .or(file.listen_port)
-            .unwrap_or(DEFAULT_LISTEN_PORT),
-        log_level,
-        log_format: flags
-            .log_format
-            .or(file.log_format)
-            .unwrap_or(LogFormat::Text),
-        schedule,
-        remote_write,
-        external_labels,
-        pushgateway,
-        leaks,
-        state_file: flags.state_file.clone().or(file.state_file),
-    })
+    Ok(external_labels)
 }
 
 /// A configured list of patterns compiled (it replaces `defaults`), each
@@ -579,8 +630,13 @@ fn vcenter_from_file(
     entry: &FileVcenter,
     field: &dyn Fn(&str) -> String,
 ) -> Result<VcenterConfig, Error> {
-    let url = parse_host_or_url(&entry.url, "https")
-        .map_err(|e| Error::Config(format!("{}: {:?}: {e}", field("url"), entry.url)))?;
+    let url = parse_host_or_url(&entry.url, "https").map_err(|e| {
+        Error::Config(format!(
+            "{}: {:?}: {e}",
+            field("url"),
+            redact_userinfo(&entry.url)
+        ))
+    })?;
     let password = match (&entry.password, &entry.password_file) {
         (Some(_), Some(_)) => {
             return Err(Error::Config(format!(
@@ -653,58 +709,77 @@ fn vcenter_from_file(
     })
 }
 
-/// Pushgateway settings: the file's block, with `--pushgateway`,
-/// `--pushgateway-job` and `--pushgateway-grouping` laid over it.
+/// Pushgateway settings: the file's block (decoded typed), with
+/// `--pushgateway`, `--pushgateway-job` and `--pushgateway-grouping` laid
+/// over it.
 fn pushgateway_config(
     flags: &Flags,
-    file: Option<serde_yaml::Value>,
+    file: Option<crate::sink::pushgateway::config::FilePushgateway>,
     origin: &str,
 ) -> Result<Option<PushgatewayConfig>, Error> {
-    let mut block = match file {
-        Some(serde_yaml::Value::Mapping(m)) => m,
-        Some(serde_yaml::Value::Null) | None => serde_yaml::Mapping::new(),
-        Some(_) => {
-            return Err(Error::Config(format!(
-                "{origin}: pushgateway: expected a mapping"
-            )));
+    let mut block = file.unwrap_or_default();
+    let raw = match flags.pushgateway.clone().or(block.url.take()) {
+        Some(raw) => raw,
+        None if block.is_empty()
+            && flags.pushgateway_job.is_none()
+            && flags.pushgateway_grouping.is_empty() =>
+        {
+            return Ok(None);
         }
-    };
-    let key = |k: &str| serde_yaml::Value::String(k.to_string());
-    if let Some(url) = &flags.pushgateway {
-        block.insert(key("url"), key(url));
-    }
-    if block.is_empty() {
-        if flags.pushgateway_job.is_some() || !flags.pushgateway_grouping.is_empty() {
+        None if block.is_empty() => {
             return Err(Error::Config(
                 "--pushgateway (PUSHGATEWAY) is required with --pushgateway-job and --pushgateway-grouping".into(),
             ));
         }
-        return Ok(None);
-    }
-    if let Some(job) = &flags.pushgateway_job {
-        block.insert(key("job"), key(job));
-    }
-    if !flags.pushgateway_grouping.is_empty() {
-        let mut grouping = match block.remove(key("grouping")) {
-            Some(serde_yaml::Value::Mapping(m)) => m,
-            _ => serde_yaml::Mapping::new(),
-        };
-        for pair in &flags.pushgateway_grouping {
-            let (name, value) = pair.split_once('=').ok_or_else(|| {
-                Error::Config(format!(
-                    "--pushgateway-grouping {pair:?}: expected NAME=VALUE"
-                ))
-            })?;
-            grouping.insert(key(name), key(value));
+        None => {
+            return Err(Error::Config(format!(
+                "{origin}: pushgateway.url (or --pushgateway) is required with the other pushgateway settings"
+            )));
         }
-        block.insert(key("grouping"), serde_yaml::Value::Mapping(grouping));
+    };
+    let source = if flags.pushgateway.is_some() {
+        "--pushgateway (PUSHGATEWAY)".to_string()
+    } else {
+        format!("{origin}: pushgateway.url")
+    };
+    // The URL is never echoed with its user info: that is a password.
+    let url = Url::parse(&raw).map_err(|e| {
+        Error::Config(format!(
+            "{source} {:?}: invalid URL: {e}",
+            redact_userinfo(&raw)
+        ))
+    })?;
+    if let Some(job) = &flags.pushgateway_job {
+        block.job = Some(job.clone());
     }
-    let config: PushgatewayConfig = serde_yaml::from_value(serde_yaml::Value::Mapping(block))
-        .map_err(|e| Error::Config(format!("pushgateway ({origin}): {e}")))?;
+    for pair in &flags.pushgateway_grouping {
+        let (name, value) = pair.split_once('=').ok_or_else(|| {
+            Error::Config(format!(
+                "--pushgateway-grouping {pair:?}: expected NAME=VALUE"
+            ))
+        })?;
+        block.grouping.insert(name.to_string(), value.to_string());
+    }
+    let config = block.into_config(url);
     config
         .validate()
         .map_err(|e| Error::Config(format!("pushgateway: {e}")))?;
     Ok(Some(config))
+}
+
+/// `raw` (a host or URL as written) with its user info replaced, for error
+/// messages: `https://admin:pw@vc/sdk` gives `https://<redacted>@vc/sdk`.
+/// Works on text that does not parse as a URL too.
+pub fn redact_userinfo(raw: &str) -> String {
+    let (scheme, rest) = match raw.find("://") {
+        Some(i) => raw.split_at(i + 3),
+        None => ("", raw),
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}<redacted>@{}", &rest[at + 1..]),
+        None => raw.to_string(),
+    }
 }
 
 fn read_secret(path: &Path, what: &str) -> Result<Secret, Error> {
@@ -1160,6 +1235,84 @@ mod tests {
             2
         );
         assert!(parse_duration("24h").is_ok());
+    }
+
+    #[test]
+    fn user_info_is_redacted_from_every_url_in_every_message() {
+        let cases = [
+            (
+                "https://admin:pw@vc.example.com/sdk",
+                "https://<redacted>@vc.example.com/sdk",
+            ),
+            ("admin:pw@vc.example.com", "<redacted>@vc.example.com"),
+            (
+                "https://a%40vsphere.local:p@ss@vc:443",
+                "https://<redacted>@vc:443",
+            ),
+            ("https://vc.example.com/a@b", "https://vc.example.com/a@b"),
+            ("vc.example.com", "vc.example.com"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(redact_userinfo(raw), want, "{raw}");
+        }
+        let secret = "tops3cret";
+        let mut f = flags();
+        f.vsphere = Some(format!(
+            "https://administrator%40vsphere.local:{secret}@vc.example.com"
+        ));
+        let err = merge(&f, FileConfig::default(), "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("--vsphere (VSPHERE)"), "{err}");
+        assert!(!err.contains(secret), "{err}");
+        let mut f = flags();
+        f.prow = Some(format!("https://u:{secret}@deck.example.com"));
+        let err = merge(&f, FileConfig::default(), "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--prow (PROW)") && !err.contains(secret),
+            "{err}"
+        );
+        for text in [
+            format!("prow:\n  url: https://u:{secret}@deck\n"),
+            format!(
+                "vcenters:\n  - url: https://u:{secret}@vc\n    username: u\n    password: p\n"
+            ),
+            format!("pushgateway:\n  url: http://u:{secret}@pg:9091\n"),
+            format!("pushgateway:\n  url: http://u:{secret}@/x\n"),
+        ] {
+            let err = merge(&flags(), yaml(&text), "c.yaml")
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains(secret), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_written_as_numbers_are_taken_as_text_and_never_shown() {
+        let file = yaml(
+            "pushgateway:\n  url: http://pg:9091\n  bearer_token: 8812345671\n\
+             remote_write:\n  - url: http://rw/api/v1/write\n    basic_auth: {username: u, password: 20240101}\n",
+        );
+        let config = merge(&flags(), file, "c.yaml").unwrap();
+        let pg = config.pushgateway.as_ref().unwrap();
+        assert_eq!(pg.bearer_token.as_ref().unwrap().expose(), "8812345671");
+        let rw = &config.remote_write[0];
+        assert_eq!(
+            rw.basic_auth
+                .as_ref()
+                .unwrap()
+                .password
+                .as_ref()
+                .unwrap()
+                .expose(),
+            "20240101"
+        );
+        let shown = format!("{config:?}");
+        for secret in ["8812345671", "20240101", "secret"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 
     #[test]

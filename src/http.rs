@@ -359,7 +359,7 @@ fn read_file(path: &Path, field: &str) -> Result<Vec<u8>, Error> {
 /// `credentials`): the value goes straight into a [`Secret`], so it is never
 /// printed by `Debug`.
 pub fn deserialize_opt_secret<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Secret>, D::Error> {
-    Ok(Option::<String>::deserialize(d)?.map(Secret::new))
+    Option::<Secret>::deserialize(d)
 }
 
 #[cfg(test)]

@@ -60,20 +60,20 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// Deserialised from a string, so config files can hold a secret inline (a
-/// `*_file` field is the better habit). YAML hands an unquoted scalar such
-/// as `123456` over as its text; where a format insists on a number or a
-/// boolean, it is refused without echoing it, since serde's own message
-/// would quote the value, which here is a password.
+/// Deserialised from any scalar, so config files can hold a secret inline
+/// (a `*_file` field is the better habit): an unquoted `20240101` or
+/// `8812345671` is a password made of digits, taken as its text. Anything
+/// else (a list, a map) is refused without quoting it, since serde's own
+/// message would show the value, which here is a password.
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct SecretVisitor;
 
-        impl serde::de::Visitor<'_> for SecretVisitor {
+        impl<'v> serde::de::Visitor<'v> for SecretVisitor {
             type Value = Secret;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string (quote the value)")
+                f.write_str("a secret written as text")
             }
 
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
@@ -84,24 +84,34 @@ impl<'de> serde::Deserialize<'de> for Secret {
                 Ok(Secret(v))
             }
 
-            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
-                Err(E::custom("a secret must be a string (quote the value)"))
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
             }
 
-            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
-                Err(E::custom("a secret must be a string (quote the value)"))
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
             }
 
-            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
-                Err(E::custom("a secret must be a string (quote the value)"))
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
             }
 
-            fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
-                Err(E::custom("a secret must be a string (quote the value)"))
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Secret, E> {
+                Ok(Secret(v.to_string()))
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'v>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(serde::de::Error::custom(
+                    "a secret must be text, not a list",
+                ))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'v>>(self, _: A) -> Result<Secret, A::Error> {
+                Err(serde::de::Error::custom("a secret must be text, not a map"))
             }
         }
 
-        deserializer.deserialize_str(SecretVisitor)
+        deserializer.deserialize_any(SecretVisitor)
     }
 }
 
@@ -121,10 +131,16 @@ mod tests {
         // YAML reads 123456 as a number; a password is its text.
         let s: Secret = serde_yaml::from_str("123456").unwrap();
         assert_eq!(s.expose(), "123456");
-        let err = serde_yaml::from_str::<Secret>("[hunter2]")
-            .unwrap_err()
-            .to_string();
-        assert!(!err.contains("hunter2"), "{err}");
+        // Through an untyped value too, and in JSON.
+        let v: serde_yaml::Value = serde_yaml::from_str("8812345671").unwrap();
+        let s: Secret = serde_yaml::from_value(v).unwrap();
+        assert_eq!(s.expose(), "8812345671");
+        let s: Secret = serde_json::from_str("20240101").unwrap();
+        assert_eq!(s.expose(), "20240101");
+        for bad in ["[hunter2]", "{hunter2: x}"] {
+            let err = serde_yaml::from_str::<Secret>(bad).unwrap_err().to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

@@ -85,6 +85,62 @@ pub struct PushgatewayConfig {
     pub tls_config: TlsConfig,
 }
 
+/// The `pushgateway` block as written in the file: every field optional,
+/// decoded typed straight from the file (so no value is ever quoted back
+/// in an error), and completed by the `--pushgateway*` flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePushgateway {
+    /// Base URL (or `--pushgateway`).
+    pub url: Option<String>,
+    /// The `job` grouping label (or `--pushgateway-job`).
+    pub job: Option<String>,
+    /// Further grouping labels; `--pushgateway-grouping` adds to them.
+    #[serde(default)]
+    pub grouping: BTreeMap<String, String>,
+    #[serde(default, deserialize_with = "crate::config::deserialize_opt_duration")]
+    pub timeout: Option<Duration>,
+    #[serde(default)]
+    pub delete_on_shutdown: bool,
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+    #[serde(default, deserialize_with = "deserialize_opt_secret")]
+    pub bearer_token: Option<Secret>,
+    #[serde(default)]
+    pub bearer_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_config: TlsConfig,
+}
+
+impl FilePushgateway {
+    /// The block completed with its URL; defaults for what it leaves out.
+    pub fn into_config(self, url: Url) -> PushgatewayConfig {
+        PushgatewayConfig {
+            url,
+            job: self.job.unwrap_or_else(default_job),
+            grouping: self.grouping,
+            timeout: self.timeout.unwrap_or(DEFAULT_TIMEOUT),
+            delete_on_shutdown: self.delete_on_shutdown,
+            basic_auth: self.basic_auth,
+            bearer_token: self.bearer_token,
+            bearer_token_file: self.bearer_token_file,
+            tls_config: self.tls_config,
+        }
+    }
+
+    /// Whether the block says anything at all.
+    pub fn is_empty(&self) -> bool {
+        self.url.is_none()
+            && self.job.is_none()
+            && self.grouping.is_empty()
+            && self.timeout.is_none()
+            && !self.delete_on_shutdown
+            && self.basic_auth.is_none()
+            && self.bearer_token.is_none()
+            && self.bearer_token_file.is_none()
+    }
+}
+
 fn default_job() -> String {
     DEFAULT_JOB.to_string()
 }
@@ -127,7 +183,13 @@ impl PushgatewayConfig {
             );
         }
         if self.url.cannot_be_a_base() || self.url.host().is_none() {
-            return bad("url", format!("{:?} has no host", self.url.as_str()));
+            return bad(
+                "url",
+                format!(
+                    "{:?} has no host",
+                    crate::config::redact_userinfo(self.url.as_str())
+                ),
+            );
         }
         if !self.url.username().is_empty() || self.url.password().is_some() {
             // A URL is printed in logs and errors; credentials must not be.
