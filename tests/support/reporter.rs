@@ -26,6 +26,12 @@ pub struct Reporter {
 
 impl Reporter {
     pub fn spawn(args: &[String], dir: &Path) -> Reporter {
+        Self::spawn_logging(args, dir, "info")
+    }
+
+    /// Like [`Reporter::spawn`] with `RUST_LOG` set to `level`, and stdout
+    /// kept in the log too (for tests that read everything it prints).
+    pub fn spawn_logging(args: &[String], dir: &Path, level: &str) -> Reporter {
         let log = dir.join(format!(
             "reporter-{}.log",
             SystemTime::now()
@@ -39,8 +45,8 @@ impl Reporter {
             // A clean environment: the reporter reads generic variables
             // (CONFIG, INTERVAL, KUBECONFIG) that a CI machine may set.
             .env_clear()
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
+            .env("RUST_LOG", level)
+            .stdout(file.try_clone().expect("the log file handle can be cloned"))
             .stderr(file)
             .spawn()
             .expect("the reporter binary starts");
