@@ -21,7 +21,7 @@ use crate::schedule::Schedule;
 use crate::secret::Secret;
 use crate::sink::pushgateway::PushgatewayConfig;
 use crate::sink::remote_write::RemoteWriteConfig;
-use crate::vcenter::{DEFAULT_SESSION_LIMIT, VcenterConfig};
+use crate::vcenter::{DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_SESSION_LIMIT, VcenterConfig};
 
 /// The original exporter's defaults.
 pub const DEFAULT_PROW: &str = "prow.ci.openshift.org";
@@ -163,6 +163,8 @@ pub struct FileVcenter {
     pub timeout: Option<String>,
     /// The vCenter's session limit [default: 3000].
     pub session_limit: Option<u64>,
+    /// The largest SOAP answer read, in bytes [default: 256 MiB].
+    pub max_response_bytes: Option<u64>,
     /// Other host names or addresses the CI files use for this vCenter.
     #[serde(default)]
     pub aliases: Vec<String>,
@@ -346,6 +348,9 @@ fn vcenters_config(
             session_limit: base
                 .as_ref()
                 .map_or(DEFAULT_SESSION_LIMIT, |b| b.session_limit),
+            max_response_bytes: base
+                .as_ref()
+                .map_or(DEFAULT_MAX_RESPONSE_BYTES, |b| b.max_response_bytes),
             aliases: base.map(|b| b.aliases).unwrap_or_default(),
             vm_map: true,
         });
@@ -706,6 +711,16 @@ fn vcenter_from_file(
             })
             .collect::<Result<_, _>>()?,
         vm_map: true,
+        max_response_bytes: match entry.max_response_bytes {
+            Some(0) => {
+                return Err(Error::Config(format!(
+                    "{}: must be greater than 0",
+                    field("max_response_bytes")
+                )));
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_RESPONSE_BYTES,
+        },
     })
 }
 

@@ -43,6 +43,7 @@ fn config(url: &Url, user: &str, password: &str) -> VcenterConfig {
         timeout: Duration::from_secs(10),
         password_file: None,
         login_backoff: Default::default(),
+        max_response_bytes: vsphere_ci_session_metrics::vcenter::DEFAULT_MAX_RESPONSE_BYTES,
         session_limit: vsphere_ci_session_metrics::vcenter::DEFAULT_SESSION_LIMIT,
         aliases: Vec::new(),
         vm_map: true,
@@ -1135,5 +1136,45 @@ async fn a_redirect_is_never_followed_so_the_password_stays_where_it_was_sent() 
     assert!(
         hits.lock().unwrap().is_empty(),
         "the Login was resent elsewhere"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vcenter_streaming_a_gigabyte_costs_only_the_configured_bound() {
+    // 1 GiB of well-formed-looking XML, 64 KiB at a time, without end in
+    // sight for the client.
+    let app = axum::Router::new().route(
+        "/sdk",
+        axum::routing::post(|| async {
+            let chunk = bytes::Bytes::from("<a>x</a>".repeat(8 * 1024));
+            let stream = futures::stream::iter(
+                (0..16 * 1024).map(move |_| Ok::<_, std::convert::Infallible>(chunk.clone())),
+            );
+            (
+                StatusCode::OK,
+                [("content-type", "text/xml")],
+                axum::body::Body::from_stream(stream),
+            )
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let url = Url::parse(&format!("http://{addr}")).unwrap();
+    let mut cfg = config(&url, REPORTER_USER, PASSWORD);
+    cfg.max_response_bytes = 1024 * 1024;
+    let client = VcenterClient::new(cfg).unwrap();
+    let started = Instant::now();
+    let err = client.list_sessions().await.expect_err("too large");
+    assert!(
+        err.to_string().contains("larger than 1048576 bytes"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
     );
 }

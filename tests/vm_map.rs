@@ -33,6 +33,7 @@ fn client(url: &Url, vm_map: bool) -> VcenterClient {
         timeout: Duration::from_secs(30),
         password_file: None,
         login_backoff: Default::default(),
+        max_response_bytes: vsphere_ci_session_metrics::vcenter::DEFAULT_MAX_RESPONSE_BYTES,
         session_limit: DEFAULT_SESSION_LIMIT,
         aliases: Vec::new(),
         vm_map,

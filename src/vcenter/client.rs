@@ -1037,11 +1037,11 @@ impl Inner {
             .filter_map(|v| v.to_str().ok())
             .find_map(session_cookie_value);
         // The cookie travels with a failure here: the session may exist.
-        let body = match response.bytes().await {
+        let body = match self.read_body(response, method).await {
             Ok(body) => body,
-            Err(e) => {
+            Err(error) => {
                 return Err(CallError {
-                    error: http_error(e),
+                    error,
                     session_cookie,
                 });
             }
@@ -1059,6 +1059,48 @@ impl Inner {
             body,
             session_cookie,
         })
+    }
+
+    /// The whole body, read as it streams and refused past
+    /// `max_response_bytes`: a peer streaming without end costs a bounded
+    /// amount of memory, and the request timeout bounds the time.
+    async fn read_body(
+        &self,
+        mut response: reqwest::Response,
+        method: &'static str,
+    ) -> Result<Bytes, Error> {
+        let max = self.config.max_response_bytes;
+        if response.content_length().is_some_and(|n| n > max) {
+            return Err(self.too_large(method));
+        }
+        let mut body = bytes::BytesMut::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if (body.len() + chunk.len()) as u64 > max {
+                        return Err(self.too_large(method));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body.freeze()),
+                Err(e) => {
+                    return Err(Error::VcenterHttp {
+                        host: self.config.host.clone(),
+                        message: self.redact(&describe(e, method, self.config.timeout)),
+                    });
+                }
+            }
+        }
+    }
+
+    fn too_large(&self, method: &str) -> Error {
+        Error::VcenterHttp {
+            host: self.config.host.clone(),
+            message: format!(
+                "{method}: the answer is larger than {} bytes (max_response_bytes)",
+                self.config.max_response_bytes
+            ),
+        }
     }
 
     /// Turns a response into the method's result or the matching error.

@@ -58,7 +58,14 @@ pub struct VcenterConfig {
     pub aliases: Vec<String>,
     /// Keep the guest IP -> VM map (`leaks.vm_attribution`).
     pub vm_map: bool,
+    /// The largest SOAP answer read (bytes); a longer one is an error, so
+    /// a peer sending without end cannot exhaust memory.
+    pub max_response_bytes: u64,
 }
+
+/// The default of `vcenters[].max_response_bytes`: a session list of
+/// 100,000 sessions or a first VM-map page is far below it.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The waits after refused logins: `min` after the first, doubling up to
 /// `max`. vSphere SSO locks an account after 5 failed logins in 180 s by
