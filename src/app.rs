@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -205,14 +205,7 @@ pub async fn run(
             // schedule.
             let (stop_tx, stop_rx) = watch::channel(false);
             let server = if config.listen_port != 0 {
-                let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, config.listen_port));
-                let listener = TcpListener::bind(addr).await.map_err(|e| Error::Io {
-                    context: format!(
-                        "--listen-port (LISTEN_PORT) {}: cannot listen",
-                        config.listen_port
-                    ),
-                    source: e,
-                })?;
+                let (listener, addr) = listen(&config).await?;
                 info!(address = %addr, "Serving /metrics and /healthz");
                 let stopped = wait_for(stop_rx.clone());
                 Some(tokio::spawn(scrape::serve(listener, latest, stopped)))
@@ -287,6 +280,32 @@ fn load_state(cycle: &Cycle, path: &std::path::Path) {
                 "The state file is not usable and could not be set aside, going on without it"),
         },
     }
+}
+
+/// The endpoint's socket: the configured address, else `[::]` (IPv4 and
+/// IPv6 on a dual-stack host), else `0.0.0.0` where IPv6 is off.
+async fn listen(config: &Config) -> Result<(TcpListener, SocketAddr), Error> {
+    let port = config.listen_port;
+    let cannot = |addr: SocketAddr, e: std::io::Error| Error::Io {
+        context: format!("--listen-address/--listen-port {addr}: cannot listen"),
+        source: e,
+    };
+    let addr = match config.listen_address {
+        Some(ip) => SocketAddr::new(ip, port),
+        None => {
+            let any6 = SocketAddr::from((Ipv6Addr::UNSPECIFIED, port));
+            match TcpListener::bind(any6).await {
+                Ok(listener) => return Ok((listener, any6)),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(cannot(any6, e));
+                }
+                // No IPv6 here: IPv4 alone.
+                Err(_) => SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+            }
+        }
+    };
+    let listener = TcpListener::bind(addr).await.map_err(|e| cannot(addr, e))?;
+    Ok((listener, addr))
 }
 
 /// Resolves when the watch value turns true (or its sender is gone).

@@ -114,6 +114,11 @@ pub struct Flags {
     #[arg(long, env = "LISTEN_PORT", value_name = "PORT")]
     pub listen_port: Option<u16>,
 
+    /// Address of the local endpoint: an IPv4 or IPv6 literal, brackets
+    /// optional [default: [::], every address, IPv4 too].
+    #[arg(long, env = "LISTEN_ADDRESS", value_name = "ADDRESS")]
+    pub listen_address: Option<String>,
+
     /// Log level: error, warn, info, debug, trace [default: info].
     #[arg(long, env = "LOG_LEVEL", value_name = "LEVEL")]
     pub log_level: Option<String>,

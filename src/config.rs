@@ -73,6 +73,8 @@ pub struct Config {
     pub kube_timeout: Duration,
     /// 0: no HTTP endpoint.
     pub listen_port: u16,
+    /// `None`: `[::]` (dual-stack), or `0.0.0.0` where IPv6 is off.
+    pub listen_address: Option<std::net::IpAddr>,
     pub log_level: String,
     pub log_format: LogFormat,
     pub schedule: Schedule,
@@ -105,6 +107,8 @@ pub struct FileConfig {
     /// Per-call deadline on the build clusters' API, e.g. `10s`.
     pub kube_timeout: Option<String>,
     pub listen_port: Option<u16>,
+    /// Address of the local endpoint [default: [::]].
+    pub listen_address: Option<String>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     /// Time between cycles, e.g. `60s`.
@@ -239,6 +243,7 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
         build_clusters_config(flags, &file, &at)?;
     let schedule = schedule_config(flags, &file, &at)?;
     let log_level = log_level_config(flags, &file)?;
+    let listen_address = listen_address_config(flags, &file, &at)?;
     let remote_write = remote_write_config(flags, file.remote_write)?;
     let pushgateway = pushgateway_config(flags, file.pushgateway, origin)?;
     let external_labels = external_labels_config(file.external_labels, &at)?;
@@ -254,6 +259,7 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
             .listen_port
             .or(file.listen_port)
             .unwrap_or(DEFAULT_LISTEN_PORT),
+        listen_address,
         log_level,
         log_format: flags
             .log_format
@@ -502,6 +508,25 @@ fn schedule_config(
             return Err(Error::Config(format!("{source} must be greater than 0")));
         }
         Schedule::Interval(interval)
+    })
+}
+
+/// `--listen-address` or the file's `listen_address`, as an IP literal.
+fn listen_address_config(
+    flags: &Flags,
+    file: &FileConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<Option<std::net::IpAddr>, Error> {
+    let (raw, source) = match (&flags.listen_address, &file.listen_address) {
+        (Some(raw), _) => (raw, "--listen-address (LISTEN_ADDRESS)".to_string()),
+        (None, Some(raw)) => (raw, at("listen_address")),
+        (None, None) => return Ok(None),
+    };
+    let literal = raw.trim().trim_start_matches('[').trim_end_matches(']');
+    literal.parse().map(Some).map_err(|_| {
+        Error::Config(format!(
+            "{source} {raw:?}: not an IP address (e.g. 0.0.0.0, 127.0.0.1, [::])"
+        ))
     })
 }
 
@@ -1328,6 +1353,31 @@ mod tests {
         for secret in ["8812345671", "20240101", "secret"] {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
+    }
+
+    #[test]
+    fn the_listen_address_is_an_ip_literal_with_or_without_brackets() {
+        for (raw, want) in [("[::]", "::"), ("::1", "::1"), ("0.0.0.0", "0.0.0.0")] {
+            let mut f = flags();
+            f.listen_address = Some(raw.into());
+            let config = merge(&f, FileConfig::default(), "").unwrap();
+            assert_eq!(config.listen_address.unwrap().to_string(), want);
+        }
+        assert_eq!(
+            merge(&flags(), FileConfig::default(), "")
+                .unwrap()
+                .listen_address,
+            None
+        );
+        let mut f = flags();
+        f.listen_address = Some("localhost".into());
+        let err = merge(&f, FileConfig::default(), "")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("--listen-address (LISTEN_ADDRESS) \"localhost\""),
+            "{err}"
+        );
     }
 
     #[test]

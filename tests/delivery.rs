@@ -120,6 +120,11 @@ async fn a_receiver_that_never_answers_costs_only_its_own_queue() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let text = scrape(port).await.unwrap();
+    // The default address serves IPv6 as well as IPv4.
+    let over_v6 = reqwest::get(format!("http://[::1]:{port}/healthz"))
+        .await
+        .expect("/healthz answers on [::1]");
+    assert!(over_v6.status().is_success());
     let ran = cycles(&text) - c0;
     assert!(
         ran >= 5.0,
