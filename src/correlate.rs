@@ -164,6 +164,10 @@ pub fn correlate(input: &CycleInput) -> Vec<MetricFamily> {
         metrics::VCENTER_SESSIONS,
         "Sessions open on the vCenter, all users.",
     );
+    let mut capped_agents = MetricFamily::gauge(
+        metrics::CAPPED_USER_AGENTS,
+        "Distinct user agents capped on the vCenter this cycle: cut to 256 bytes (truncated) or summed under other.",
+    );
     let mut vcenter_up = MetricFamily::gauge(
         metrics::VCENTER_UP,
         "1 if the vCenter's sessions were listed in the last cycle, else 0.",
@@ -204,12 +208,13 @@ pub fn correlate(input: &CycleInput) -> Vec<MetricFamily> {
 
         // (user, agent) -> sessions, and user -> its agents, in sorted order so
         // the output is deterministic.
+        let (agents, capped) = crate::labels::agent_labels(sessions);
+        for (kind, n) in [("truncated", capped.truncated), ("other", capped.folded)] {
+            capped_agents.push([("vcenter", vc), ("kind", kind)], n as f64);
+        }
         let mut by_user_agent: BTreeMap<(String, &str), u64> = BTreeMap::new();
-        for session in sessions {
-            let key = (
-                normalize_username(&session.user_name),
-                session.user_agent.as_str(),
-            );
+        for (session, agent) in sessions.iter().zip(&agents) {
+            let key = (normalize_username(&session.user_name), agent.as_ref());
             *by_user_agent.entry(key).or_default() += 1;
         }
         for ((user, agent), count) in &by_user_agent {
@@ -266,7 +271,15 @@ pub fn correlate(input: &CycleInput) -> Vec<MetricFamily> {
     }
 
     let mut families = vec![
-        correlated, open, user_jobs, total, vcenter_up, prow_up, running, unresolved,
+        correlated,
+        open,
+        user_jobs,
+        total,
+        vcenter_up,
+        prow_up,
+        running,
+        unresolved,
+        capped_agents,
     ];
     families.extend(leaks::leak_families(
         &input.vcenters,

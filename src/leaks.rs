@@ -403,14 +403,15 @@ pub fn leak_families(
             rules,
         };
         let verdicts = classify(&facts);
+        let (agents, _) = crate::labels::agent_labels(sessions);
         let mut attributed: BTreeMap<(String, &str, usize, AttributedBy), u64> = BTreeMap::new();
         let mut orphans: BTreeMap<(String, &str, OrphanReason, Option<String>), u64> =
             BTreeMap::new();
         // (user, agent) -> (oldest login, idle count)
         let mut ages: BTreeMap<(String, &str), (Option<i64>, u64)> = BTreeMap::new();
-        for (session, verdict) in sessions.iter().zip(verdicts) {
+        for ((session, verdict), agent) in sessions.iter().zip(verdicts).zip(&agents) {
             let user = normalize_username(&session.user_name);
-            let agent = session.user_agent.as_str();
+            let agent = agent.as_ref();
             match verdict {
                 Verdict::Attributed { job, by } => {
                     *attributed

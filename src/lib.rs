@@ -12,6 +12,7 @@
 //! - [`ci`]: job -> ci-op namespace -> CI users, cached while the job runs.
 //! - [`correlate`]: the pure join of sessions, jobs and users into metric families.
 //! - [`leaks`]: sessions attributed to the job that opened them, and orphaned ones (pure).
+//! - [`labels`]: label values a receiver accepts (capped user agents).
 //! - [`metrics`]: `Snapshot`, metric families, names and the text format.
 //! - [`cycle`]: one gather-correlate-publish round and its self-metrics.
 //! - [`sink`]: the local `/metrics`, remote-write and the Pushgateway.
@@ -32,6 +33,7 @@ pub mod cycle;
 pub mod error;
 pub mod http;
 pub mod kube_client;
+pub mod labels;
 pub mod leaks;
 pub mod metrics;
 pub mod prow;

@@ -46,6 +46,9 @@ pub const OLDEST_SESSION_AGE: &str = "vsphere_ci_user_sessions_oldest_session_ag
 pub const IDLE_SESSIONS: &str = "vsphere_ci_user_sessions_idle_sessions";
 /// The configured session limit of a vCenter.
 pub const SESSION_LIMIT: &str = "vsphere_ci_user_sessions_vcenter_session_limit";
+/// Distinct user agents capped on a vCenter this cycle, by `kind`
+/// (`truncated` past 256 bytes, `other`: past 50 per user).
+pub const CAPPED_USER_AGENTS: &str = "vsphere_ci_user_sessions_capped_user_agents";
 /// 1 per running job and user it logs in as: the join to jobs.
 pub const JOB_INFO: &str = "vsphere_ci_user_sessions_job_info";
 /// CI users naming a vCenter host that matches no configured vCenter.

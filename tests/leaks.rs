@@ -229,6 +229,8 @@ async fn leaked_sessions_are_named_with_their_job_or_reason_and_per_user_totals_
             )
             .await,
     );
+    // A client with an absurdly long agent: its label is capped.
+    held.push(vcsim.login("ci_user_03", &"k".repeat(600)).await);
 
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = ci.kubeconfig_in(dir.path());
@@ -325,7 +327,29 @@ async fn leaked_sessions_are_named_with_their_job_or_reason_and_per_user_totals_
             n,
         )
     };
+    // The long agent's session (no job uses ci_user_03): its label is cut
+    // to 256 bytes with a hash of the whole value.
+    let long: Vec<String> = family_lines(&text, "vsphere_ci_user_sessions_orphaned")
+        .into_iter()
+        .filter(|l| l.contains("username=\"ci_user_03\""))
+        .collect();
+    assert_eq!(long.len(), 1, "{long:?}");
+    let agent = long[0]
+        .split("user_agent=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap();
+    assert_eq!(agent.len(), 256, "{agent}");
+    assert!(
+        agent.starts_with("kkkk") && agent.as_bytes()[247] == b'~',
+        "{agent}"
+    );
+    assert!(
+        agent[248..].chars().all(|c| c.is_ascii_hexdigit()),
+        "{agent}"
+    );
     let mut want = vec![
+        long[0].clone(),
         orphan("ci_user_01", CSI_ENDED, "job_ended", "ci-op-zzzzzzzz", 1.0),
         orphan("ci_user_01", CCM, "job_ended", "ci-op-zzzzzzzz", 1.0),
         orphan("ci_user_02", "govc/0.37.3", "no_running_job", "", 2.0),
