@@ -346,6 +346,11 @@ async fn namespace_found_by_label_resolves_the_metadata_json_user() {
         0,
         "the log is not read when the label finds the namespace"
     );
+    // Served from the API server's cache, not etcd.
+    assert_eq!(
+        env.ci.list_versions(Route::NamespaceList),
+        [Some("0".to_string())]
+    );
 }
 
 #[tokio::test]
@@ -373,6 +378,10 @@ async fn older_ci_operator_namespace_is_read_from_the_log_head_only() {
         env.ci.log_bytes_sent()
     );
     assert_eq!(resolver.stats().log_reads, 1);
+    assert_eq!(
+        env.ci.list_versions(Route::PodList),
+        [Some("0".to_string())]
+    );
 }
 
 #[tokio::test]

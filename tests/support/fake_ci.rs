@@ -145,6 +145,8 @@ struct Shared {
     log_limits: Mutex<Vec<Option<i64>>>,
     /// Bytes of log sent in all.
     log_bytes_sent: AtomicU64,
+    /// `resourceVersion` of every namespace and pod list, in order.
+    list_versions: Mutex<Vec<(Route, Option<String>)>>,
 }
 
 /// A running fake; stops when dropped.
@@ -189,6 +191,7 @@ impl FakeCi {
             counters: Default::default(),
             log_limits: Mutex::new(Vec::new()),
             log_bytes_sent: AtomicU64::new(0),
+            list_versions: Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .route("/api/v1/namespaces", get(list_namespaces))
@@ -341,6 +344,18 @@ impl FakeCi {
             .lock()
             .expect("log lock is never poisoned")
             .clone()
+    }
+
+    /// The `resourceVersion` parameter of every `route` list, in order.
+    pub fn list_versions(&self, route: Route) -> Vec<Option<String>> {
+        self.shared
+            .list_versions
+            .lock()
+            .expect("fake list lock is never poisoned")
+            .iter()
+            .filter(|(r, _)| *r == route)
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     pub fn log_bytes_sent(&self) -> u64 {
@@ -508,6 +523,11 @@ async fn list_namespaces(
     if let Some(r) = preamble(&shared, Route::NamespaceList, &headers).await {
         return r;
     }
+    shared
+        .list_versions
+        .lock()
+        .expect("fake list lock is never poisoned")
+        .push((Route::NamespaceList, params.get("resourceVersion").cloned()));
     let terms = match selector_from(&params) {
         Ok(t) => t,
         Err(r) => return *r,
@@ -534,6 +554,11 @@ async fn list_pods(
     if let Some(r) = preamble(&shared, Route::PodList, &headers).await {
         return r;
     }
+    shared
+        .list_versions
+        .lock()
+        .expect("fake list lock is never poisoned")
+        .push((Route::PodList, params.get("resourceVersion").cloned()));
     let terms = match selector_from(&params) {
         Ok(t) => t,
         Err(r) => return *r,
