@@ -22,7 +22,7 @@ use crate::ci::{IdentityResolver, ResolverOptions};
 use crate::config::{BuildCluster, Config, ProwSourceConfig};
 use crate::cycle::{Cycle, Resolvers, Sources};
 use crate::error::Error;
-use crate::kube_client::kube_client;
+use crate::kube_client::{kube_client, kube_client_with};
 use crate::prow::{DeckSource, ProwJobApiSource, ProwSource};
 use crate::schedule::run_scheduled;
 use crate::sink::Sink;
@@ -86,9 +86,13 @@ pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>)
     let resolver = |cluster: BuildCluster, origin: String| {
         let options = options.clone();
         async move {
-            let client = kube_client(cluster.kubeconfig.as_deref(), &cluster.name)
-                .await
-                .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+            let client = kube_client_with(
+                cluster.kubeconfig.as_deref(),
+                &cluster.name,
+                cluster.context.clone(),
+            )
+            .await
+            .map_err(|e| Error::Config(format!("{origin}: {e}")))?;
             Ok::<_, Error>(Arc::new(IdentityResolver::new(
                 client,
                 cluster.name,

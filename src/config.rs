@@ -15,6 +15,7 @@ use url::Url;
 
 use crate::cli::{Flags, LogFormat};
 use crate::error::Error;
+use crate::kube_client::ContextRule;
 use crate::leaks::{self, LeakRules};
 use crate::prow::JobSelector;
 use crate::schedule::Schedule;
@@ -57,6 +58,8 @@ pub struct BuildCluster {
     pub name: String,
     /// `None`: in-cluster service account or the usual kubeconfig lookup.
     pub kubeconfig: Option<PathBuf>,
+    /// Which context of `kubeconfig` reaches it.
+    pub context: crate::kube_client::ContextRule,
 }
 
 /// The validated settings the application runs with.
@@ -200,7 +203,12 @@ pub struct FileProw {
 #[serde(deny_unknown_fields)]
 pub struct FileBuildCluster {
     pub name: String,
+    /// A kubeconfig of its own (its current context is used unless
+    /// `context` says otherwise).
     pub kubeconfig: Option<PathBuf>,
+    /// The context to use; without a kubeconfig of its own, the shared one
+    /// must then have a context named like the cluster.
+    pub context: Option<String>,
 }
 
 impl Config {
@@ -454,6 +462,7 @@ fn build_clusters_config(
     let default_build_cluster = BuildCluster {
         name: "build".to_string(),
         kubeconfig: flags.kubeconfig.clone().or(file.kubeconfig.clone()),
+        context: ContextRule::NamedOrCurrent,
     };
     let mut build_clusters = Vec::new();
     for (i, c) in file.build_clusters.iter().enumerate() {
@@ -463,14 +472,23 @@ fn build_clusters_config(
                 at(&format!("build_clusters[{i}].name"))
             )));
         }
-        // Without a kubeconfig of its own, a build cluster uses the default
-        // one, where a context named like the cluster is picked if present.
+        // With a kubeconfig of its own, a build cluster uses that file's
+        // current context (or the one it names). Without, it shares the
+        // default kubeconfig and needs a context there: named in the entry,
+        // or named like the cluster. Falling back to the shared current
+        // context would look its jobs up on the wrong cluster.
+        let context = match (&c.context, &c.kubeconfig) {
+            (Some(name), _) => ContextRule::Named(name.clone()),
+            (None, Some(_)) => ContextRule::Current,
+            (None, None) => ContextRule::Named(c.name.clone()),
+        };
         build_clusters.push(BuildCluster {
             name: c.name.clone(),
             kubeconfig: c
                 .kubeconfig
                 .clone()
                 .or_else(|| default_build_cluster.kubeconfig.clone()),
+            context,
         });
     }
     let kube_timeout = duration_or(

@@ -1,9 +1,11 @@
 //! Building a Kubernetes client for the Prow service cluster or a build
 //! cluster, the way `kubectl` would find one.
 //!
-//! - A kubeconfig path given: that file, with the context named like the
-//!   cluster (`vsphere02`) when the file has one, else its current context.
-//!   This lets one kubeconfig with a context per build cluster serve all.
+//! - A kubeconfig path given: that file, with the context [`ContextRule`]
+//!   picks: a named one (which must exist), the current one, or the one
+//!   named like the cluster (`vsphere02`) when the file has it, else the
+//!   current one. This lets one kubeconfig with a context per build cluster
+//!   serve all.
 //! - No path, inside a pod (`KUBERNETES_SERVICE_HOST` set): the mounted
 //!   service account.
 //! - No path, elsewhere: `$KUBECONFIG`, then `~/.kube/config`.
@@ -27,24 +29,66 @@ use serde::de::DeserializeOwned;
 
 use crate::error::Error;
 
+/// Which context of a kubeconfig file to use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextRule {
+    /// The one named like the cluster when the file has it, else the
+    /// current one (the default build cluster, the Prow cluster).
+    NamedOrCurrent,
+    /// This one; a file without it is an error.
+    Named(String),
+    /// The file's current context (a build cluster's own kubeconfig).
+    Current,
+}
+
 /// A client for `cluster_name` (used to pick a context and in errors).
 pub async fn kube_client(
     kubeconfig: Option<&Path>,
     cluster_name: &str,
 ) -> Result<kube::Client, Error> {
+    kube_client_with(kubeconfig, cluster_name, ContextRule::NamedOrCurrent).await
+}
+
+/// A client for `cluster_name` with the context `rule` picks.
+pub async fn kube_client_with(
+    kubeconfig: Option<&Path>,
+    cluster_name: &str,
+    rule: ContextRule,
+) -> Result<kube::Client, Error> {
+    let config = client_config(kubeconfig, cluster_name, rule).await?;
+    tracing::debug!(cluster = cluster_name, server = %config.cluster_url, "Kubernetes client configured");
+    kube::Client::try_from(config).map_err(|e| Error::KubeConfig {
+        cluster: cluster_name.to_string(),
+        message: format!("building the client: {e}"),
+    })
+}
+
+/// The client settings for `cluster_name`: see the module docs.
+pub async fn client_config(
+    kubeconfig: Option<&Path>,
+    cluster_name: &str,
+    rule: ContextRule,
+) -> Result<Config, Error> {
     let config_error = |message: String| Error::KubeConfig {
         cluster: cluster_name.to_string(),
         message,
     };
-    let config = match kubeconfig {
+    Ok(match kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path)
                 .map_err(|e| config_error(format!("reading kubeconfig {}: {e}", path.display())))?;
-            let context = file
-                .contexts
-                .iter()
-                .any(|c| c.name == cluster_name)
-                .then(|| cluster_name.to_string());
+            let has = |name: &str| file.contexts.iter().any(|c| c.name == name);
+            let context = match rule {
+                ContextRule::NamedOrCurrent => has(cluster_name).then(|| cluster_name.to_string()),
+                ContextRule::Current => None,
+                ContextRule::Named(name) if has(&name) => Some(name),
+                ContextRule::Named(name) => {
+                    return Err(config_error(format!(
+                        "kubeconfig {} has no context named {name:?}",
+                        path.display()
+                    )));
+                }
+            };
             let options = KubeConfigOptions {
                 context,
                 ..KubeConfigOptions::default()
@@ -62,9 +106,7 @@ pub async fn kube_client(
                     "default kubeconfig ($KUBECONFIG or ~/.kube/config): {e}"
                 ))
             })?,
-    };
-    tracing::debug!(cluster = cluster_name, server = %config.cluster_url, "Kubernetes client configured");
-    kube::Client::try_from(config).map_err(|e| config_error(format!("building the client: {e}")))
+    })
 }
 
 /// A JSON error as category and position only. serde's own message can
@@ -195,5 +237,67 @@ mod tests {
         .await
         .expect_err("too slow");
         assert!(matches!(err, Error::KubeTimeout { .. }), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod context_tests {
+    use super::*;
+
+    /// A kubeconfig whose current context is `a`, with a context
+    /// `vsphere02` for another server.
+    fn two_contexts(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\ncurrent-context: a\n\
+             clusters:\n- {name: a, cluster: {server: 'https://a.example.com:6443'}}\n\
+             - {name: b, cluster: {server: 'https://b.example.com:6443'}}\n\
+             users:\n- {name: u, user: {token: t}}\n\
+             contexts:\n- {name: a, context: {cluster: a, user: u}}\n\
+             - {name: vsphere02, context: {cluster: b, user: u}}\n",
+        )
+        .unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn each_rule_picks_its_context_and_a_missing_named_one_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = two_contexts(dir.path());
+        let server = |rule: ContextRule, cluster: &'static str| {
+            let path = path.clone();
+            async move {
+                client_config(Some(&path), cluster, rule)
+                    .await
+                    .map(|c| c.cluster_url.host().unwrap().to_string())
+            }
+        };
+        assert_eq!(
+            server(ContextRule::NamedOrCurrent, "vsphere02")
+                .await
+                .unwrap(),
+            "b.example.com"
+        );
+        assert_eq!(
+            server(ContextRule::NamedOrCurrent, "build").await.unwrap(),
+            "a.example.com"
+        );
+        assert_eq!(
+            server(ContextRule::Current, "vsphere02").await.unwrap(),
+            "a.example.com"
+        );
+        assert_eq!(
+            server(ContextRule::Named("vsphere02".into()), "x")
+                .await
+                .unwrap(),
+            "b.example.com"
+        );
+        let err = server(ContextRule::Named("vsphere09".into()), "vsphere09")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("has no context named \"vsphere09\""), "{err}");
+        assert!(err.contains("vsphere09"), "{err}");
     }
 }

@@ -1156,3 +1156,28 @@ async fn with_a_prow_kubeconfig_jobs_come_from_the_prowjob_api_not_deck() {
     reporter.terminate();
     assert!(reporter.wait_exit(Duration::from_secs(30)).success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_build_cluster_without_a_context_of_its_own_is_refused_at_start() {
+    let world = World::start().await;
+    let config = world.dir.path().join("clusters.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "kubeconfig: {}\nbuild_clusters:\n  - name: vsphere09\n",
+            world.kubeconfig.display()
+        ),
+    )
+    .unwrap();
+    let mut args = world.once_args(&[]);
+    args.extend(strings(&["--config", &config.display().to_string()]));
+    let (status, log, _) = run_to_end(&args, world.dir.path(), Duration::from_secs(10));
+    assert_eq!(status.code(), Some(2), "{log}");
+    let lines: Vec<&str> = log.lines().collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(
+        lines[0].contains("build_clusters[0] (vsphere09)")
+            && lines[0].contains("no context named \"vsphere09\""),
+        "{log}"
+    );
+}
