@@ -109,6 +109,23 @@ pub async fn client_config(
     })
 }
 
+/// Error messages of an API answer are shown up to this many bytes.
+pub const MAX_API_MESSAGE: usize = 1024;
+
+/// The error with an API answer's message cut to [`MAX_API_MESSAGE`]: for
+/// an answer that is not a JSON `Status` (a proxy's HTML page, an endless
+/// body) the client puts the whole body in the message, and errors end up
+/// in log lines.
+pub fn bounded(error: kube::Error) -> kube::Error {
+    match error {
+        kube::Error::Api(mut status) if status.message.len() > MAX_API_MESSAGE => {
+            status.message = crate::error::truncate_body(&status.message, MAX_API_MESSAGE);
+            kube::Error::Api(status)
+        }
+        other => other,
+    }
+}
+
 /// A JSON error as category and position only. serde's own message can
 /// quote the value it refused (`invalid value: string "..."`), and the
 /// documents read here (secrets, profile files) hold passwords.
@@ -161,7 +178,7 @@ pub async fn decode_response<T: DeserializeOwned>(
             return Err(Error::Kube {
                 cluster: cluster.to_string(),
                 action: action.to_string(),
-                source,
+                source: bounded(source),
             });
         }
         Ok(Ok(text)) => text,
@@ -188,6 +205,25 @@ mod tests {
             async move { Ok(body) },
         )
         .await
+    }
+
+    #[test]
+    fn a_huge_api_error_message_is_cut_and_its_code_kept() {
+        let status =
+            kube::core::Status::failure(&"<html>".repeat(100_000), "BadGateway").with_code(502);
+        let cut = bounded(kube::Error::Api(status.boxed()));
+        match cut {
+            kube::Error::Api(status) => {
+                assert_eq!(status.code, 502);
+                assert!(
+                    status.message.len() < MAX_API_MESSAGE + 64,
+                    "{}",
+                    status.message.len()
+                );
+                assert!(status.message.ends_with("bytes in all)"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[tokio::test]

@@ -469,7 +469,7 @@ impl IdentityResolver {
             Ok(Err(source)) => Err(Error::Kube {
                 cluster: self.cluster.clone(),
                 action: action(),
-                source,
+                source: crate::kube_client::bounded(source),
             }),
             Ok(Ok(v)) => Ok(v),
         }
