@@ -931,3 +931,25 @@ async fn the_demo_scenario_gives_three_running_jobs_and_their_users() {
         "job 0002 is found through the ci-operator log"
     );
 }
+
+#[tokio::test]
+async fn deck_answers_gzipped_and_the_list_is_decompressed_as_it_streams() {
+    let env = env().await;
+    let jobs: Vec<serde_json::Value> = (0..300)
+        .map(|i| fake_ci::vsphere_job(&format!("job-{i:03}"), &format!("{i}"), "e2e-vsphere"))
+        .collect();
+    let plain = serde_json::to_vec(&serde_json::json!({ "items": jobs })).unwrap();
+    env.ci.set_prowjobs(jobs);
+    let running = deck(&env.ci, Duration::from_secs(10))
+        .list_running_jobs()
+        .await
+        .expect("the gzipped list is read");
+    assert_eq!(running.len(), 300);
+    let (wire, gzipped) = env.ci.deck_wire();
+    assert_eq!(gzipped, 1, "the reporter asked for gzip");
+    assert!(
+        wire * 5 < plain.len() as u64,
+        "{wire} bytes on the wire for {} of JSON",
+        plain.len()
+    );
+}

@@ -147,6 +147,9 @@ struct Shared {
     log_bytes_sent: AtomicU64,
     /// `resourceVersion` of every namespace and pod list, in order.
     list_versions: Mutex<Vec<(Route, Option<String>)>>,
+    /// Bytes of deck answers as sent, and how many went gzipped.
+    deck_wire_bytes: AtomicU64,
+    deck_gzipped: AtomicU64,
 }
 
 /// A running fake; stops when dropped.
@@ -192,6 +195,8 @@ impl FakeCi {
             log_limits: Mutex::new(Vec::new()),
             log_bytes_sent: AtomicU64::new(0),
             list_versions: Mutex::new(Vec::new()),
+            deck_wire_bytes: AtomicU64::new(0),
+            deck_gzipped: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/api/v1/namespaces", get(list_namespaces))
@@ -344,6 +349,14 @@ impl FakeCi {
             .lock()
             .expect("log lock is never poisoned")
             .clone()
+    }
+
+    /// Bytes of deck answers as sent, and how many of them were gzipped.
+    pub fn deck_wire(&self) -> (u64, u64) {
+        (
+            self.shared.deck_wire_bytes.load(Ordering::Relaxed),
+            self.shared.deck_gzipped.load(Ordering::Relaxed),
+        )
     }
 
     /// The `resourceVersion` parameter of every `route` list, in order.
@@ -732,7 +745,34 @@ async fn deck(
             j
         })
         .collect();
-    json_response(200, &json!({ "items": items }))
+    let body = serde_json::to_vec(&json!({ "items": items })).expect("fake responses serialize");
+    // Like deck behind its proxy: gzip when the client accepts it.
+    let gzip = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("gzip"));
+    if !gzip {
+        shared
+            .deck_wire_bytes
+            .fetch_add(body.len() as u64, Ordering::Relaxed);
+        return json_response(200, &json!({ "items": items }));
+    }
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut encoder, &body).expect("compressing in memory");
+    let compressed = encoder.finish().expect("compressing in memory");
+    shared
+        .deck_wire_bytes
+        .fetch_add(compressed.len() as u64, Ordering::Relaxed);
+    shared.deck_gzipped.fetch_add(1, Ordering::Relaxed);
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CONTENT_ENCODING, "gzip"),
+        ],
+        compressed,
+    )
+        .into_response()
 }
 
 // ---------------------------------------------------------------- builders

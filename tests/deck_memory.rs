@@ -1,0 +1,127 @@
+//! The deck memory claim, against the allocator: a 30 MB job list served
+//! over HTTP (chunked, and gzipped as deck's proxy does) is parsed with
+//! less than 1 MiB of extra heap at its peak, since it is decompressed and
+//! parsed as it streams and only the selected jobs are kept. A counting
+//! global allocator of this test binary sees every allocation, the
+//! in-process server's included. One test only, so nothing else runs.
+
+#[path = "support/fake_ci.rs"]
+mod fake_ci;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use vsphere_ci_session_metrics::prow::{DeckSource, JobSelector};
+
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only
+// the byte counts are kept beside it.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract for `alloc` holds for `System` too.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
+            PEAK.fetch_max(now, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` above with this layout.
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: as for `dealloc` and `alloc`.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            let now = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
+            PEAK.fetch_max(now, Ordering::Relaxed);
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// 15,000 ProwJobs, one in a hundred a running vSphere job: about 30 MB.
+fn job_list() -> Vec<u8> {
+    let jobs: Vec<serde_json::Value> = (0..15_000)
+        .map(|i| {
+            let job = fake_ci::vsphere_job(&format!("job-{i:05}"), &format!("{i}"), "e2e-vsphere");
+            if i % 100 == 0 {
+                job
+            } else {
+                fake_ci::with_state(job, "success")
+            }
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({ "items": jobs })).unwrap()
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut encoder, body).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_30_mb_gzipped_job_list_is_parsed_with_under_a_mebibyte_of_heap() {
+    let plain = job_list();
+    assert!(plain.len() > 25_000_000, "{} bytes", plain.len());
+    let body = Bytes::from(gzip(&plain));
+    drop(plain);
+    // Served in 64 KiB slices of one buffer: the server allocates no copy.
+    let app = axum::Router::new().route(
+        "/prowjobs.js",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move {
+                let chunks = (0..body.len().div_ceil(65_536)).map(move |i| {
+                    let end = ((i + 1) * 65_536).min(body.len());
+                    Ok::<_, std::convert::Infallible>(body.slice(i * 65_536..end))
+                });
+                (
+                    [
+                        ("content-type", "application/json"),
+                        ("content-encoding", "gzip"),
+                    ],
+                    axum::body::Body::from_stream(futures::stream::iter(chunks)),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let deck = DeckSource::new(
+        url::Url::parse(&format!("http://{addr}/")).unwrap(),
+        Duration::from_secs(60),
+        JobSelector::default(),
+    )
+    .unwrap();
+    // A first call warms up the client (TLS roots, connection pool).
+    let warm = deck.list_running_jobs().await.unwrap();
+    assert_eq!(warm.len(), 150);
+    drop(warm);
+
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let jobs = deck.list_running_jobs().await.unwrap();
+    let peak = PEAK.load(Ordering::Relaxed) - base;
+    eprintln!("deck over gzip: 150 of 15,000 jobs, peak extra heap {peak} bytes");
+    assert_eq!(jobs.len(), 150);
+    assert!(peak < 1024 * 1024, "peak extra heap {peak} bytes");
+}
