@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fake_ci::{CompactScenario, FakeCi, Route};
 use reporter::{
-    BIN, Reporter, correlated_lines, cycles, mask_varying, promtool_check, run_to_end,
+    BIN, Reporter, correlated_lines, cycles, mask_varying, promtool_check, run_to_end, scrape,
     scrape_until, strings, value_of,
 };
 use vcsim::Vcsim;
@@ -1180,4 +1180,69 @@ async fn a_build_cluster_without_a_context_of_its_own_is_refused_at_start() {
             && lines[0].contains("no context named \"vsphere09\""),
         "{log}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_says_503_until_the_first_cycle_and_scrapes_never_call_the_vcenter() {
+    let world = World::start().await;
+    // A slow deck holds the first cycle for a few seconds.
+    world
+        .ci
+        .set_fault(Route::Deck, fake_ci::Fault::delay(Duration::from_secs(3)));
+    let port = receivers::free_port();
+    let mut args = vec!["start".to_string()];
+    args.extend(world.flags());
+    args.extend(strings(&[
+        "--listen-port",
+        &port.to_string(),
+        "--interval",
+        "1h",
+    ]));
+    let reporter = Reporter::spawn(&args, world.dir.path());
+    let get = |path: &'static str| async move {
+        reqwest::get(format!("http://127.0.0.1:{port}{path}"))
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get("/healthz").await != Some(200) {
+        assert!(
+            Instant::now() < deadline,
+            "/healthz never answered; log:\n{}",
+            reporter.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        get("/metrics").await,
+        Some(503),
+        "no cycle has finished yet"
+    );
+    world.ci.clear_fault(Route::Deck);
+    scrape_until(
+        &reporter,
+        port,
+        Duration::from_secs(30),
+        "the first cycle",
+        |t| cycles(t) >= 1.0,
+    )
+    .await;
+
+    // With the next cycle an hour away, scrapes alone must not touch vCenter.
+    let admin = world.vcsim.admin().await;
+    let calls = || async {
+        admin
+            .session_details()
+            .await
+            .into_iter()
+            .find(|s| s.user_agent == REPORTER_AGENT)
+            .expect("the reporter's session")
+            .call_count
+    };
+    let before = calls().await;
+    for _ in 0..20 {
+        assert!(scrape(port).await.is_some());
+    }
+    assert_eq!(calls().await, before, "20 scrapes made vCenter calls");
 }

@@ -88,7 +88,7 @@ fn self_metric(sink: &RemoteWriteSink, name: &str, extra: &[(&str, &str)]) -> f6
                 .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
         })
         .map(|s| s.value)
-        .unwrap_or(0.0)
+        .unwrap_or_else(|| panic!("self-metric {name} has no sample with {extra:?}"))
 }
 
 fn labels_of(series: &[(String, String)]) -> BTreeMap<String, String> {

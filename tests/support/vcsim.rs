@@ -276,6 +276,8 @@ pub struct SessionDetail {
     pub login_time: String,
     pub last_active_time: String,
     pub extension_session: bool,
+    /// Calls the session made (vcsim counts every authenticated request).
+    pub call_count: u64,
 }
 
 /// A VM's name and its guest IPs (`guest.ipAddress`, then every
@@ -406,6 +408,7 @@ impl SoapSession {
                     login_time: field(block, "loginTime"),
                     last_active_time: field(block, "lastActiveTime"),
                     extension_session: field(block, "extensionSession") == "true",
+                    call_count: field(block, "callCount").parse().unwrap_or(0),
                 }
             })
             .collect()
