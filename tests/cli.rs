@@ -1246,3 +1246,124 @@ async fn metrics_says_503_until_the_first_cycle_and_scrapes_never_call_the_vcent
     }
     assert_eq!(calls().await, before, "20 scrapes made vCenter calls");
 }
+
+/// `once`'s exit code and summary for each kind of failure, each within the
+/// README's budget for the failing step plus 2 s, and 0 for a job whose
+/// secret is not written yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_exit_codes_name_each_failure_within_its_budget() {
+    let refusing = receivers::StubReceiver::start().await;
+    refusing.default_reply(receivers::Reply::status(400).body("out of bounds"));
+    // (what, extra YAML, fault to set, expected exit code, budget, a word the summary holds)
+    type Case = (
+        &'static str,
+        String,
+        Option<(Route, fake_ci::Fault)>,
+        i32,
+        u64,
+        &'static str,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "a job whose secret is not written yet",
+            String::new(),
+            None,
+            0,
+            30,
+            "",
+        ),
+        (
+            "the vCenter down",
+            format!(
+                "vcenters:\n  - url: http://127.0.0.1:{}\n    username: u\n    password: p\n    timeout: 2s\n",
+                receivers::free_port()
+            ),
+            None,
+            1,
+            4 * 2,
+            "127.0.0.1",
+        ),
+        (
+            "deck down",
+            String::new(),
+            Some((Route::Deck, fake_ci::Fault::status(500))),
+            1,
+            60,
+            "deck",
+        ),
+        (
+            "the build cluster answering 401",
+            "kube_timeout: 2s\n".to_string(),
+            Some((Route::NamespaceList, fake_ci::Fault::status(401))),
+            1,
+            4 * 2,
+            "build cluster",
+        ),
+        (
+            "the build cluster timing out",
+            "kube_timeout: 1s\n".to_string(),
+            Some((
+                Route::NamespaceList,
+                fake_ci::Fault::delay(Duration::from_secs(30)),
+            )),
+            1,
+            4,
+            "build cluster",
+        ),
+        (
+            "the Pushgateway refusing (4xx)",
+            "pushgateway:\n  url: {deck}\n  timeout: 2s\n".to_string(),
+            None,
+            1,
+            3 * 2,
+            "pushgateway",
+        ),
+        (
+            "remote-write refusing (4xx)",
+            format!(
+                "remote_write:\n  - url: {}\n    remote_timeout: 2s\n",
+                refusing.url
+            ),
+            None,
+            1,
+            2 * 2 + 1,
+            "remote_write",
+        ),
+    ];
+    for (what, yaml, fault, code, budget, word) in cases {
+        let world = World::start().await;
+        let mut scenario = scenario(true).into_scenario();
+        // Job G: its namespace exists, its secret does not yet.
+        let g = fake_ci::vsphere_job("pj-g", "1007", "e2e-vsphere-g");
+        scenario.prowjobs.push(g);
+        scenario
+            .namespaces
+            .push(fake_ci::ci_namespace("ci-op-gggggggg", "pj-g"));
+        world.ci.set_scenario(scenario);
+        if let Some((route, fault)) = fault {
+            world.ci.set_fault(route, fault);
+        }
+        let config = world.dir.path().join("case.yaml");
+        std::fs::write(&config, yaml.replace("{deck}", &world.ci.url())).unwrap();
+        let mut args = world.once_args(&[]);
+        if what == "the vCenter down" {
+            // The file's vCenter replaces the flags' one.
+            let at = args.iter().position(|a| a == "--vsphere").unwrap();
+            args.drain(at..at + 6);
+        }
+        args.extend(strings(&["--config", &config.display().to_string()]));
+        let (status, log, took) = run_to_end(&args, world.dir.path(), Duration::from_secs(90));
+        assert_eq!(status.code(), Some(code), "{what}:\n{log}");
+        assert!(
+            took <= Duration::from_secs(budget + 2),
+            "{what}: took {took:?}, budget {budget} s"
+        );
+        if code == 1 {
+            let summary = log
+                .lines()
+                .find(|l| l.contains("Once failed"))
+                .unwrap_or_else(|| panic!("{what}: no summary line:\n{log}"));
+            assert!(summary.contains(word), "{what}: {summary}");
+        }
+    }
+}
