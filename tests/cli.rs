@@ -784,30 +784,37 @@ async fn an_ended_job_vanishes_at_once_and_sigterm_leaves_nothing_behind() {
             .as_secs_f64()
     };
 
+    // The gateway's group holding job C, as it must before job C ends.
+    let group_has_c = || async {
+        let group = gateway
+            .group(&[("job", "vsphere-ci-session-metrics")])
+            .await?;
+        Some(
+            group
+                .series("vsphere_ci_user_sessions_correlated")
+                .iter()
+                .any(|s| s.labels.get("ci_job").map(String::as_str) == Some(JOB_C.job)),
+        )
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
-    while prometheus.query(&job_c, now()).await.is_empty() {
+    while prometheus.query(&job_c, now()).await.is_empty() || group_has_c().await != Some(true) {
         assert!(
             Instant::now() < deadline,
-            "job C never reached Prometheus; log:\n{}",
+            "job C never reached Prometheus and the gateway; log:\n{}",
             reporter.log()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // Job C ends: its series disappear from an instant query (stale marker)
-    // and from the gateway's group (PUT replaces it).
+    // and from the gateway's group (PUT replaces it), which still exists.
     world.ci.set_scenario(scenario(false).into_scenario());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let in_prometheus = !prometheus.query(&job_c, now()).await.is_empty();
-        let group = gateway
-            .group(&[("job", "vsphere-ci-session-metrics")])
-            .await;
-        let in_gateway = group.is_some_and(|g| {
-            g.series("vsphere_ci_user_sessions_correlated")
-                .iter()
-                .any(|s| s.labels.get("ci_job").map(String::as_str) == Some(JOB_C.job))
-        });
+        let in_gateway = group_has_c().await;
+        assert!(in_gateway.is_some(), "the gateway's group vanished");
+        let in_gateway = in_gateway == Some(true);
         if !in_prometheus && !in_gateway {
             break;
         }
@@ -1366,4 +1373,56 @@ async fn once_exit_codes_name_each_failure_within_its_budget() {
             assert!(summary.contains(word), "{what}: {summary}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_build_cluster_fails_the_ci_collector_but_keeps_the_cached_answers() {
+    let world = World::start().await;
+    let config = world.dir.path().join("kube.yaml");
+    std::fs::write(&config, "kube_timeout: 1s\n").unwrap();
+    let (reporter, port) = world.start_reporter(&["--config", &config.display().to_string()]);
+    let ci_success = "vsphere_ci_user_sessions_collector_success{collector=\"ci\"}";
+    scrape_until(
+        &reporter,
+        port,
+        Duration::from_secs(60),
+        "a good cycle",
+        |t| value_of(t, ci_success) == Some(1.0) && correlated_lines(t).len() == 5,
+    )
+    .await;
+
+    // A new job starts while the build cluster stops answering in time.
+    let mut scenario = scenario(true).into_scenario();
+    scenario
+        .prowjobs
+        .push(fake_ci::vsphere_job("pj-h", "1008", "e2e-vsphere-h"));
+    world.ci.set_scenario(scenario);
+    world.ci.set_fault(
+        Route::NamespaceList,
+        fake_ci::Fault::delay(Duration::from_secs(30)),
+    );
+    let text = scrape_until(
+        &reporter,
+        port,
+        Duration::from_secs(30),
+        "a failed CI step",
+        |t| value_of(t, ci_success) == Some(0.0),
+    )
+    .await;
+    assert_eq!(
+        correlated_lines(&text),
+        expected_correlated(&[&JOB_A, &JOB_B, &JOB_C]),
+        "the cached answers still count"
+    );
+    assert_eq!(
+        value_of(&text, "vsphere_ci_user_sessions_unresolved_jobs"),
+        Some(1.0),
+        "only the new job is unknown"
+    );
+    let failures = reporter
+        .log()
+        .lines()
+        .filter(|l| l.contains("Resolving CI users failed") && l.contains("pj-h"))
+        .count();
+    assert!(failures >= 1, "{}", reporter.log());
 }

@@ -1422,3 +1422,42 @@ async fn a_storm_of_errors_is_ridden_out_with_backoff_and_nothing_lost() {
         0.0
     );
 }
+
+#[tokio::test]
+async fn auto_falls_back_to_v1_on_a_400_before_any_confirmation() {
+    let stub = StubReceiver::start().await;
+    stub.script([Reply::status(400).body("cannot decode")]);
+    let mut cfg = config(&stub.url);
+    cfg.protocol = Some(Protocol::Auto);
+    let sink = sink(cfg);
+    let ts = now_ms();
+    sink.publish(snapshot(ts, &[("ci-a", 1.0)]))
+        .await
+        .expect("resent as 1.0 and accepted");
+    let versions: Vec<bool> = stub.requests().iter().map(Captured::is_v2).collect();
+    assert_eq!(versions, [true, false]);
+    assert_eq!(
+        stub.requests()[1].series()[0].1[0].0,
+        ts,
+        "same cycle resent"
+    );
+    assert_eq!(
+        self_metric(&sink, SAMPLES_DROPPED_TOTAL, &[("reason", "rejected")]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn auto_reaches_victoria_metrics_whatever_it_answers_to_2_0() {
+    let vm = Peer::victoria_metrics();
+    let mut cfg = config(&vm.write_url());
+    cfg.protocol = Some(Protocol::Auto);
+    let sink = sink(cfg);
+    let ts = now_ms() - 1_000;
+    sink.publish(snapshot(ts, &[("ci-a", 3.0)]))
+        .await
+        .expect("VictoriaMetrics takes the cycle");
+    let got = vm.query(GAUGE, (ts as f64) / 1000.0 + 0.5).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].1, 3.0);
+}
