@@ -743,7 +743,8 @@ async fn once_pushes_the_exact_series_to_prometheus_and_the_pushgateway_and_exit
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_against_a_dead_receiver_exits_non_zero_in_bounded_time_naming_the_sink() {
     let world = World::start().await;
-    let dead = format!("http://127.0.0.1:{}/api/v1/write", receivers::free_port());
+    let dead_port = receivers::dead_port();
+    let dead = format!("http://127.0.0.1:{}/api/v1/write", dead_port.port);
     let config = world.dir.path().join("config.yaml");
     std::fs::write(
         &config,
@@ -1261,6 +1262,7 @@ async fn metrics_says_503_until_the_first_cycle_and_scrapes_never_call_the_vcent
 async fn once_exit_codes_name_each_failure_within_its_budget() {
     let refusing = receivers::StubReceiver::start().await;
     refusing.default_reply(receivers::Reply::status(400).body("out of bounds"));
+    let dead_vcenter = receivers::dead_port();
     // (what, extra YAML, fault to set, expected exit code, budget, a word the summary holds)
     type Case = (
         &'static str,
@@ -1283,7 +1285,7 @@ async fn once_exit_codes_name_each_failure_within_its_budget() {
             "the vCenter down",
             format!(
                 "vcenters:\n  - url: http://127.0.0.1:{}\n    username: u\n    password: p\n    timeout: 2s\n",
-                receivers::free_port()
+                dead_vcenter.port
             ),
             None,
             1,

@@ -4,6 +4,8 @@
 
 #[path = "support/pushgateway.rs"]
 mod pushgateway_peer;
+#[path = "support/receivers.rs"]
+mod receivers;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use base64::Engine as _;
-use pushgateway_peer::{Pushgateway, Series, free_port, labels};
+use pushgateway_peer::{Pushgateway, Series, labels};
 use url::Url;
 use vsphere_ci_session_metrics::error::Error;
 use vsphere_ci_session_metrics::metrics::{CORRELATED, MetricFamily, Snapshot, VCENTER_UP};
@@ -701,7 +703,8 @@ async fn server_errors_give_up_after_three_attempts() {
 
 #[tokio::test]
 async fn refused_connection_fails_within_the_time_bound() {
-    let port = free_port();
+    let dead = receivers::dead_port();
+    let port = dead.port;
     let mut config = config(&Url::parse(&format!("http://127.0.0.1:{port}/")).unwrap());
     config.timeout = Duration::from_secs(1);
     let sink = PushgatewaySink::new(config).unwrap();

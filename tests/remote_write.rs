@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use receivers::{Captured, Peer, Reply, SentSeries, StubReceiver, free_port};
+use receivers::{Captured, Peer, Reply, SentSeries, StubReceiver};
 use vsphere_ci_session_metrics::Error;
 use vsphere_ci_session_metrics::metrics::{MetricFamily, Snapshot};
 use vsphere_ci_session_metrics::sink::Sink;
@@ -744,7 +744,8 @@ async fn a_slow_receiver_times_out_and_publish_stays_within_its_bound() {
 
 #[tokio::test]
 async fn a_refused_connection_is_bounded_and_the_cycle_stays_buffered() {
-    let port = free_port();
+    let dead = receivers::dead_port();
+    let port = dead.port;
     let mut cfg = config(&format!("http://127.0.0.1:{port}/api/v1/write"));
     cfg.remote_timeout = Duration::from_millis(300);
     let sink = sink(cfg);
@@ -764,7 +765,8 @@ async fn a_refused_connection_is_bounded_and_the_cycle_stays_buffered() {
 
 #[tokio::test]
 async fn a_failed_request_never_shows_a_token_from_the_url_query() {
-    let port = free_port();
+    let dead = receivers::dead_port();
+    let port = dead.port;
     let mut cfg = config(&format!(
         "http://127.0.0.1:{port}/api/v1/write?token=s3cr3t"
     ));
@@ -864,7 +866,8 @@ async fn cycles_buffered_during_an_outage_are_sent_oldest_first_when_it_ends() {
 
 #[tokio::test]
 async fn the_outage_buffer_drops_the_oldest_cycles_past_its_bound() {
-    let port = free_port();
+    let dead = receivers::dead_port();
+    let port = dead.port;
     let mut cfg = config(&format!("http://127.0.0.1:{port}/api/v1/write"));
     cfg.remote_timeout = Duration::from_millis(50);
     cfg.max_buffered_samples = 4;

@@ -50,6 +50,9 @@ fn assert_clean(what: &str, text: &str) {
 }
 
 struct World {
+    /// A vCenter and a Pushgateway that refuse connections.
+    dead_vcenter: receivers::DeadPort,
+    dead_gateway: receivers::DeadPort,
     vcsim: Vcsim,
     ci: FakeCi,
     good: StubReceiver,
@@ -76,6 +79,8 @@ impl World {
         let refusing = StubReceiver::start().await;
         refusing.default_reply(Reply::status(401).body("unauthorized"));
         World {
+            dead_vcenter: receivers::dead_port(),
+            dead_gateway: receivers::dead_port(),
             vcsim,
             ci,
             good,
@@ -99,13 +104,13 @@ impl World {
              pushgateway:\n  url: http://127.0.0.1:{dead_pg}\n  bearer_token: {PG_TOKEN}\n  timeout: 1s\n",
             vc = self.vcsim.url().as_str().trim_end_matches('/'),
             vc_pw = write("vc-password", VC_PASSWORD),
-            dead = free_port(),
+            dead = self.dead_vcenter.port,
             deck = self.ci.url(),
             kc = self.ci.kubeconfig_in(self.dir.path()).display(),
             good = self.good.url,
             rw_pw = write("rw-password", RW_PASSWORD),
             refusing = self.refusing.url,
-            dead_pg = free_port(),
+            dead_pg = self.dead_gateway.port,
         )
     }
 

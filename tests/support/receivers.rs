@@ -28,7 +28,29 @@ pub type StoredSeries = (BTreeMap<String, String>, Vec<(i64, f64)>);
 /// A series as the sink sent it: labels in wire order and its samples.
 pub type SentSeries = (Vec<(String, String)>, Vec<(i64, f64)>);
 
-/// A port nothing listens on right now.
+/// A port that refuses every connection for as long as the guard lives:
+/// bound but never listening, so no other process can take it meanwhile
+/// (a port merely found free may be reused by the time it is dialled).
+pub struct DeadPort {
+    pub port: u16,
+    _socket: tokio::net::TcpSocket,
+}
+
+/// A [`DeadPort`] on 127.0.0.1.
+pub fn dead_port() -> DeadPort {
+    let socket = tokio::net::TcpSocket::new_v4().expect("a TCP socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("a literal address"))
+        .expect("binding 127.0.0.1:0");
+    let port = socket.local_addr().expect("a bound address").port();
+    DeadPort {
+        port,
+        _socket: socket,
+    }
+}
+
+/// A port nothing listens on right now, for a process that binds it
+/// itself (whose start is then retried on a conflict).
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -82,8 +104,18 @@ impl Peer {
             dir,
             web_config,
         };
-        peer.start();
-        peer
+        // A port found free may be taken before the peer binds it: then
+        // the peer says so and exits, and another port is tried.
+        for _ in 0..3 {
+            match peer.try_start() {
+                Ok(()) => return peer,
+                Err(log) if log.contains("address already in use") => {
+                    peer.port = free_port();
+                }
+                Err(log) => panic!("{:?} did not start; log:\n{log}", peer.kind),
+            }
+        }
+        panic!("{:?}: every port tried was taken", peer.kind)
     }
 
     fn binary(&self) -> (&'static str, &'static str) {
@@ -95,6 +127,13 @@ impl Peer {
 
     /// Start (or start again, same port and data) and wait until ready.
     pub fn start(&mut self) {
+        if let Err(log) = self.try_start() {
+            panic!("{:?} did not start; log:\n{log}", self.kind);
+        }
+    }
+
+    /// Start and wait until ready; the peer's log when it exits first.
+    fn try_start(&mut self) -> Result<(), String> {
         let (bin, package) = self.binary();
         if !std::path::Path::new(bin).exists() {
             panic!("{bin} not found: install Debian package {package} (scripts/test.sh does it)");
@@ -136,10 +175,11 @@ impl Peer {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {bin}: {e}"));
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    /// Ready, or the log of a peer that exited during start-up.
+    fn wait_ready(&mut self) -> Result<(), String> {
         let path = match self.kind {
             PeerKind::Prometheus => "/-/ready",
             PeerKind::VictoriaMetrics => "/health",
@@ -150,20 +190,20 @@ impl Peer {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
-                    "{:?} exited during start-up ({status}); log:\n{}",
-                    self.kind,
+                self.child = None;
+                return Err(format!(
+                    "exited during start-up ({status}):\n{}",
                     self.log()
-                );
+                ));
             }
             if self.web_config.is_some() {
                 if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                    return;
+                    return Ok(());
                 }
             } else if let Ok(resp) = blocking_get(&url)
                 && resp == 200
             {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
                 panic!("{:?} not ready after 20 s; log:\n{}", self.kind, self.log());
