@@ -953,3 +953,46 @@ async fn deck_answers_gzipped_and_the_list_is_decompressed_as_it_streams() {
         plain.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deck_that_never_ends_costs_its_timeout_and_nothing_more() {
+    // `{"items": [` then finished jobs without end.
+    let app = axum::Router::new().route(
+        "/prowjobs.js",
+        axum::routing::get(|| async {
+            let job = serde_json::to_vec(&fake_ci::with_state(
+                fake_ci::vsphere_job("job", "1", "e2e-vsphere"),
+                "success",
+            ))
+            .unwrap();
+            let mut item = job;
+            item.push(b',');
+            let item = bytes::Bytes::from(item);
+            let head = futures::stream::once(async {
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from_static(b"{\"items\": ["))
+            });
+            use futures::StreamExt as _;
+            let endless = futures::stream::repeat(item).map(Ok);
+            axum::body::Body::from_stream(head.chain(endless))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let deck = DeckSource::new(
+        url::Url::parse(&format!("http://{addr}/")).unwrap(),
+        Duration::from_secs(2),
+        JobSelector::default(),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = deck.list_running_jobs().await.expect_err("it never ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("deck"), "{err}");
+}
