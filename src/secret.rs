@@ -60,11 +60,12 @@ impl std::str::FromStr for Secret {
     }
 }
 
-/// Deserialised from any scalar, so config files can hold a secret inline
-/// (a `*_file` field is the better habit): an unquoted `20240101` or
-/// `8812345671` is a password made of digits, taken as its text. Anything
-/// else (a list, a map) is refused without quoting it, since serde's own
-/// message would show the value, which here is a password.
+/// Deserialised as text, so config files can hold a secret inline (a
+/// `*_file` field is the better habit): an unquoted `20240101` or `0123` is
+/// a password made of digits, taken exactly as written. A format that hands
+/// over a number or a boolean anyway gets its text. Anything else (a list,
+/// a map) is refused without quoting it, since serde's own message would
+/// show the value, which here is a password.
 impl<'de> serde::Deserialize<'de> for Secret {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct SecretVisitor;
@@ -111,7 +112,9 @@ impl<'de> serde::Deserialize<'de> for Secret {
             }
         }
 
-        deserializer.deserialize_any(SecretVisitor)
+        // Asked for as text: YAML then hands a plain scalar over exactly as
+        // written (`0123` stays `0123`, not the number 123).
+        deserializer.deserialize_str(SecretVisitor)
     }
 }
 
@@ -131,12 +134,11 @@ mod tests {
         // YAML reads 123456 as a number; a password is its text.
         let s: Secret = serde_yaml::from_str("123456").unwrap();
         assert_eq!(s.expose(), "123456");
-        // Through an untyped value too, and in JSON.
-        let v: serde_yaml::Value = serde_yaml::from_str("8812345671").unwrap();
-        let s: Secret = serde_yaml::from_value(v).unwrap();
-        assert_eq!(s.expose(), "8812345671");
-        let s: Secret = serde_json::from_str("20240101").unwrap();
-        assert_eq!(s.expose(), "20240101");
+        // Exactly as written, leading zeros and all.
+        for text in ["8812345671", "0123", "1e3", "true", "0x1F"] {
+            let s: Secret = serde_yaml::from_str(text).unwrap();
+            assert_eq!(s.expose(), text);
+        }
         for bad in ["[hunter2]", "{hunter2: x}"] {
             let err = serde_yaml::from_str::<Secret>(bad).unwrap_err().to_string();
             assert!(!err.contains("hunter2"), "{err}");
