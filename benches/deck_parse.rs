@@ -7,50 +7,17 @@
 //! socket). Run with `cargo bench --bench deck_parse`; the numbers are
 //! printed before criterion's timing.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
+#[path = "../tests/support/alloc.rs"]
+mod alloc;
+
 use std::time::Instant;
 
 use criterion::{Criterion, Throughput};
 use serde_json::json;
 use vsphere_ci_session_metrics::prow::{JobSelector, parse_deck};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator; only adds bookkeeping.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let live = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(live, Ordering::Relaxed);
-        }
-        p
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            if new_size > layout.size() {
-                let live = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size
-                    - layout.size();
-                PEAK.fetch_max(live, Ordering::Relaxed);
-            } else {
-                LIVE.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
-            }
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 const JOBS: usize = 15_000;
 
@@ -134,12 +101,11 @@ fn bench(c: &mut Criterion) {
     let selector = JobSelector::default();
 
     // One measured pass: time and peak live bytes above the baseline.
-    let baseline = LIVE.load(Ordering::Relaxed);
-    PEAK.store(baseline, Ordering::Relaxed);
+    let baseline = alloc::reset_peak();
     let started = Instant::now();
     let jobs = parse_deck(body.as_slice(), &selector).expect("the generated body parses");
     let elapsed = started.elapsed();
-    let peak = PEAK.load(Ordering::Relaxed) - baseline;
+    let peak = alloc::peak() - baseline;
     let mb = body.len() as f64 / 1e6;
     println!(
         "deck_parse: {mb:.1} MB, {JOBS} jobs, {} selected, one pass {:.0} ms ({:.0} MB/s), peak extra heap {:.1} KiB",
@@ -149,10 +115,9 @@ fn bench(c: &mut Criterion) {
         peak as f64 / 1024.0
     );
     // For comparison: the whole-tree approach this parser avoids.
-    let baseline = LIVE.load(Ordering::Relaxed);
-    PEAK.store(baseline, Ordering::Relaxed);
+    let baseline = alloc::reset_peak();
     let tree: serde_json::Value = serde_json::from_slice(&body).expect("the generated body parses");
-    let tree_peak = PEAK.load(Ordering::Relaxed) - baseline;
+    let tree_peak = alloc::peak() - baseline;
     drop(tree);
     println!(
         "deck_parse: a serde_json::Value tree of the same body peaks at {:.1} MiB",

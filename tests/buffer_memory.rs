@@ -3,52 +3,18 @@
 //! reporter's series really costs, and `OutageBuffer::bytes` must agree.
 //! One test only, so nothing else allocates meanwhile.
 
+#[path = "support/alloc.rs"]
+mod alloc;
 #[path = "support/series.rs"]
 mod series;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use vsphere_ci_session_metrics::sink::remote_write::buffer::OutageBuffer;
 use vsphere_ci_session_metrics::sink::remote_write::encode::prepare;
 
-/// The system allocator, counting the bytes live at any time.
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is passed on to the system allocator unchanged; only
-// the byte count is kept beside it.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc` holds for `System` too.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as for `dealloc` and `alloc`.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(new_size, Ordering::Relaxed);
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 /// An hour of 4,000 series every 60 s, as a one-hour outage buffers it.
 #[test]
@@ -58,7 +24,7 @@ fn the_buffers_byte_count_matches_what_the_allocator_sees() {
     let start = 1_800_000_000_000i64;
     let mut buffer = OutageBuffer::new(usize::MAX, usize::MAX, Duration::from_secs(7200));
 
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = alloc::live();
     for i in 0..CYCLES {
         let snapshot = series::realistic_snapshot(SERIES, start + i * 60_000);
         let prepared = prepare(&snapshot, &[]);
@@ -66,7 +32,7 @@ fn the_buffers_byte_count_matches_what_the_allocator_sees() {
         drop(snapshot);
         buffer.push(prepared.cycle, start + i * 60_000);
     }
-    let grown = LIVE.load(Ordering::Relaxed) - before;
+    let grown = alloc::live() - before;
     let counted = buffer.bytes();
     let samples = buffer.samples();
     eprintln!(
@@ -81,10 +47,10 @@ fn the_buffers_byte_count_matches_what_the_allocator_sees() {
     assert!(gap < 0.05, "counted {counted}, the allocator saw {grown}");
 
     // Emptying the buffer gives it all back.
-    let before_drain = LIVE.load(Ordering::Relaxed);
+    let before_drain = alloc::live();
     while buffer.pop_front().is_some() {}
     assert_eq!(buffer.bytes(), 0);
-    let freed = before_drain - LIVE.load(Ordering::Relaxed);
+    let freed = before_drain - alloc::live();
     assert!(
         freed as f64 >= 0.95 * counted as f64,
         "freed {freed} of {counted} counted bytes"

@@ -5,54 +5,18 @@
 //! global allocator of this test binary sees every allocation, the
 //! in-process server's included. One test only, so nothing else runs.
 
+#[path = "support/alloc.rs"]
+mod alloc;
 #[path = "support/fake_ci.rs"]
 mod fake_ci;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use vsphere_ci_session_metrics::prow::{DeckSource, JobSelector};
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every call is passed on to the system allocator unchanged; only
-// the byte counts are kept beside it.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: the caller's contract for `alloc` holds for `System` too.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(now, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: `ptr` came from `alloc` above with this layout.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: as for `dealloc` and `alloc`.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            let now = LIVE.fetch_add(new_size, Ordering::Relaxed) + new_size;
-            PEAK.fetch_max(now, Ordering::Relaxed);
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
+static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 /// 15,000 ProwJobs, one in a hundred a running vSphere job: about 30 MB.
 fn job_list() -> Vec<u8> {
@@ -117,10 +81,9 @@ async fn a_30_mb_gzipped_job_list_is_parsed_with_under_a_mebibyte_of_heap() {
     assert_eq!(warm.len(), 150);
     drop(warm);
 
-    let base = LIVE.load(Ordering::Relaxed);
-    PEAK.store(base, Ordering::Relaxed);
+    let base = alloc::reset_peak();
     let jobs = deck.list_running_jobs().await.unwrap();
-    let peak = PEAK.load(Ordering::Relaxed) - base;
+    let peak = alloc::peak() - base;
     eprintln!("deck over gzip: 150 of 15,000 jobs, peak extra heap {peak} bytes");
     assert_eq!(jobs.len(), 150);
     assert!(peak < 1024 * 1024, "peak extra heap {peak} bytes");
