@@ -753,10 +753,9 @@ impl Inner {
         for key in candidates {
             let short: String = key.chars().take(8).collect();
             let exchange = self
-                .call(
+                .call_in(
+                    session,
                     "TerminateSession",
-                    &session.content.api_version,
-                    Some(&session.cookie),
                     soap::terminate_session(&session.content.session_manager, &key),
                 )
                 .await;
@@ -791,12 +790,7 @@ impl Inner {
     async fn current_time(&self, session: &Session) -> Result<VcenterClock, Error> {
         let before = unix_ms();
         let exchange = self
-            .call(
-                "CurrentTime",
-                &session.content.api_version,
-                Some(&session.cookie),
-                soap::current_time(),
-            )
+            .call_in(session, "CurrentTime", soap::current_time())
             .await?;
         let after = unix_ms();
         let text = self.reply(exchange, soap::parse_current_time)?;
@@ -823,10 +817,9 @@ impl Inner {
             .expect("a ready VM watch has a property collector");
         for _ in 0..MAX_UPDATE_PAGES {
             let exchange = self
-                .call(
+                .call_in(
+                    session,
                     "WaitForUpdatesEx",
-                    &session.content.api_version,
-                    Some(&session.cookie),
                     soap::wait_for_updates(&collector, watch.map.version(), MAX_OBJECT_UPDATES),
                 )
                 .await?;
@@ -902,14 +895,7 @@ impl Inner {
         method: &'static str,
         body: String,
     ) -> Result<MoRef, Error> {
-        let exchange = self
-            .call(
-                method,
-                &session.content.api_version,
-                Some(&session.cookie),
-                body,
-            )
-            .await?;
+        let exchange = self.call_in(session, method, body).await?;
         let response = format!("{method}Response");
         self.reply(exchange, |xml| soap::parse_moref(xml, &response))
     }
@@ -918,12 +904,7 @@ impl Inner {
     async fn destroy(&self, session: &Session, method: &'static str, object: &MoRef) {
         let response = format!("{method}Response");
         let result = match self
-            .call(
-                method,
-                &session.content.api_version,
-                Some(&session.cookie),
-                soap::destroy(method, object),
-            )
+            .call_in(session, method, soap::destroy(method, object))
             .await
         {
             Ok(exchange) => self.reply(exchange, |xml| soap::parse_empty(xml, &response)),
@@ -976,19 +957,28 @@ impl Inner {
         body: String,
     ) -> Result<SessionPage, Error> {
         let continued = method == "ContinueRetrievePropertiesEx";
-        let exchange = self
-            .call(
-                method,
-                &session.content.api_version,
-                Some(&session.cookie),
-                body,
-            )
-            .await?;
+        let exchange = self.call_in(session, method, body).await?;
         let page = self.reply(exchange, |xml| soap::parse_session_page(xml, continued))?;
         match &page.missing {
             None => Ok(page),
             Some(fault) => Err(self.fault_error(fault.clone())),
         }
+    }
+
+    /// One SOAP request in `session` (its API version and cookie).
+    async fn call_in(
+        &self,
+        session: &Session,
+        method: &'static str,
+        body: String,
+    ) -> Result<Exchange, CallError> {
+        self.call(
+            method,
+            &session.content.api_version,
+            Some(&session.cookie),
+            body,
+        )
+        .await
     }
 
     /// One SOAP request. Fails only when no complete response arrived.
