@@ -195,6 +195,9 @@ pub fn correlate(input: &CycleInput) -> Vec<MetricFamily> {
         unresolved.push(Vec::<(String, String)>::new(), count as f64);
     }
 
+    // Each vCenter's capped agent labels, computed once and shared with the
+    // leak families; empty for a vCenter not listed this cycle.
+    let mut agents_by_vcenter = Vec::with_capacity(input.vcenters.len());
     for observation in &input.vcenters {
         let vc = observation.vcenter.as_str();
         vcenter_up.push(
@@ -202,6 +205,7 @@ pub fn correlate(input: &CycleInput) -> Vec<MetricFamily> {
             bool_value(observation.sessions.is_some()),
         );
         let Some(sessions) = &observation.sessions else {
+            agents_by_vcenter.push(Vec::new());
             continue;
         };
         total.push([("vcenter", vc)], sessions.len() as f64);
@@ -268,6 +272,7 @@ pub fn correlate(input: &CycleInput) -> Vec<MetricFamily> {
                 }
             }
         }
+        agents_by_vcenter.push(agents);
     }
 
     let mut families = vec![
@@ -283,6 +288,7 @@ pub fn correlate(input: &CycleInput) -> Vec<MetricFamily> {
     ];
     families.extend(leaks::leak_families(
         &input.vcenters,
+        &agents_by_vcenter,
         &input.jobs,
         input.prow_up,
         &input.rules,

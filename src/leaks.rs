@@ -27,6 +27,7 @@
 //! not `no_running_job` or `predates_running_jobs`. Never orphaned: the
 //! reporter's own session, extension sessions, and excluded users.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
@@ -368,9 +369,12 @@ fn predates_all(login_ms: Option<i64>, starts: &[Option<i64>], grace: Duration) 
 }
 
 /// The leak families of one cycle: `job_sessions`, `orphaned`,
-/// `oldest_session_age_seconds`, `idle_sessions`.
+/// `oldest_session_age_seconds`, `idle_sessions`. `agents` holds each
+/// observation's capped agent labels (`labels::agent_labels`), one per
+/// session, so the labels match the open-session series exactly.
 pub fn leak_families(
     observations: &[VcenterObservation],
+    agents: &[Vec<Cow<'_, str>>],
     jobs: &[JobUsers],
     prow_up: bool,
     rules: &LeakRules,
@@ -391,10 +395,12 @@ pub fn leak_families(
         metrics::IDLE_SESSIONS,
         "Sessions of a user and agent idle longer than the idle threshold, by the vCenter's clock.",
     );
-    for observation in observations {
+    debug_assert_eq!(observations.len(), agents.len());
+    for (observation, agents) in observations.iter().zip(agents) {
         let Some(sessions) = &observation.sessions else {
             continue;
         };
+        debug_assert_eq!(sessions.len(), agents.len());
         let vc = observation.vcenter.as_str();
         let facts = VcenterFacts {
             observation,
@@ -403,13 +409,12 @@ pub fn leak_families(
             rules,
         };
         let verdicts = classify(&facts);
-        let (agents, _) = crate::labels::agent_labels(sessions);
         let mut attributed: BTreeMap<(String, &str, usize, AttributedBy), u64> = BTreeMap::new();
         let mut orphans: BTreeMap<(String, &str, OrphanReason, Option<String>), u64> =
             BTreeMap::new();
         // (user, agent) -> (oldest login, idle count)
         let mut ages: BTreeMap<(String, &str), (Option<i64>, u64)> = BTreeMap::new();
-        for ((session, verdict), agent) in sessions.iter().zip(verdicts).zip(&agents) {
+        for ((session, verdict), agent) in sessions.iter().zip(verdicts).zip(agents) {
             let user = normalize_username(&session.user_name);
             let agent = agent.as_ref();
             match verdict {
@@ -860,8 +865,10 @@ mod tests {
             ],
             &[],
         );
+        let (agents, _) = crate::labels::agent_labels(obs.sessions.as_deref().unwrap_or_default());
         let families = leak_families(
             std::slice::from_ref(&obs),
+            &[agents],
             &jobs,
             true,
             &LeakRules::default(),
