@@ -148,6 +148,7 @@ pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>)
             by_cluster,
         },
         leaks: config.leaks.clone(),
+        reaper: config.reaper.clone(),
     };
     let cycle = Cycle::new(sources, sinks, latest.clone(), Arc::new(AtomicU64::new(0)));
     Ok((cycle, latest))
@@ -226,7 +227,10 @@ pub async fn run(
                 move || {
                     let runner = runner.clone();
                     async move {
-                        runner.run().await;
+                        let report = runner.run().await;
+                        if runner.reaper_config().enabled {
+                            crate::oncall::reap_after_cycle(&runner, report).await;
+                        }
                     }
                 },
                 skipped,
@@ -260,6 +264,19 @@ pub async fn run(
             result.map(|()| 0)
         }
     }
+}
+
+/// The cycle of `sessions` and `reap`: the same sources as `once`, no
+/// sink, so nothing is published.
+pub async fn build_inspector(config: &Config) -> Result<Cycle, Error> {
+    let mut config = config.clone();
+    config.remote_write.clear();
+    config.pushgateway = None;
+    let (cycle, _) = build_cycle(&config).await.map_err(|e| match e {
+        Error::Config(_) => e,
+        other => Error::Config(other.to_string()),
+    })?;
+    Ok(cycle)
 }
 
 /// Give the sinks what the last `once` run kept. A file that cannot be

@@ -28,14 +28,75 @@ pub enum Command {
     /// Run one cycle, push it to every sink and exit: 0 if every source and
     /// sink succeeded, 1 otherwise (for cron and Kubernetes CronJobs).
     Once(Flags),
+    /// List every vCenter's sessions with their job or why they are leaked,
+    /// as a table (or JSON), from one pass that publishes nothing. Exit 0
+    /// when every source answered, 1 otherwise (what was read is printed).
+    Sessions(SessionsArgs),
+    /// Free leaked sessions chosen by the `reaper:` settings: a dry run
+    /// unless --apply. Exit 0 when every source answered and every
+    /// termination succeeded, 1 otherwise.
+    Reap(ReapArgs),
 }
 
 impl Command {
     pub fn flags(&self) -> &Flags {
         match self {
             Command::Start(f) | Command::Once(f) => f,
+            Command::Sessions(a) => &a.flags,
+            Command::Reap(a) => &a.flags,
         }
     }
+}
+
+/// How `sessions` groups its rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum GroupBy {
+    /// Per vCenter, per user and agent.
+    User,
+    /// Per running job, then the orphans of ended jobs by namespace.
+    Job,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SessionsArgs {
+    #[command(flatten)]
+    pub flags: Flags,
+
+    /// Rows per user and agent, or per running job.
+    #[arg(long, value_enum, default_value = "user")]
+    pub by: GroupBy,
+
+    /// Only what no running job can own, by reason, user, agent, namespace.
+    #[arg(long, conflicts_with = "by")]
+    pub orphaned: bool,
+
+    /// `table` fits the terminal; `wide` adds client IPs and shortened
+    /// session keys; `json` is one document with every field.
+    #[arg(long, short = 'o', value_enum, default_value = "table")]
+    pub output: crate::report::Output,
+
+    /// Only vCenters matching this (a regex or plain text, any case).
+    #[arg(long, value_name = "PATTERN")]
+    pub vcenter: Option<String>,
+
+    /// Only users matching this (normalised names, e.g. ci_user_01).
+    #[arg(long, value_name = "PATTERN")]
+    pub user: Option<String>,
+
+    /// Only user agents matching this.
+    #[arg(long, value_name = "PATTERN")]
+    pub agent: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReapArgs {
+    #[command(flatten)]
+    pub flags: Flags,
+
+    /// Terminate the candidates (after listing again to confirm them);
+    /// without it nothing is terminated.
+    #[arg(long)]
+    pub apply: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]

@@ -16,8 +16,9 @@ use url::Url;
 use crate::cli::{Flags, LogFormat};
 use crate::error::Error;
 use crate::kube_client::ContextRule;
-use crate::leaks::{self, LeakRules};
+use crate::leaks::{self, LeakRules, OrphanReason};
 use crate::prow::JobSelector;
+use crate::reaper::ReaperConfig;
 use crate::schedule::Schedule;
 use crate::secret::Secret;
 use crate::sink::pushgateway::PushgatewayConfig;
@@ -86,6 +87,8 @@ pub struct Config {
     pub pushgateway: Option<PushgatewayConfig>,
     /// How leaked sessions are told from a running job's.
     pub leaks: LeakRules,
+    /// Which leaked sessions `reap` (and `start` with it enabled) frees.
+    pub reaper: ReaperConfig,
     /// `once` only: where runs keep the sinks' state.
     pub state_file: Option<PathBuf>,
 }
@@ -129,6 +132,9 @@ pub struct FileConfig {
     /// How sessions are tied to jobs and told leaked.
     #[serde(default)]
     pub leaks: FileLeaks,
+    /// Which leaked sessions may be freed.
+    #[serde(default)]
+    pub reaper: FileReaper,
     /// `once` only: where runs keep the sinks' state (`--state-file`).
     pub state_file: Option<PathBuf>,
 }
@@ -152,6 +158,31 @@ pub struct FileLeaks {
     /// Tie sessions to jobs by their VM's guest IP (keeps a VM map of every
     /// vCenter) [default: true].
     pub vm_attribution: Option<bool>,
+}
+
+/// The `reaper:` block.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileReaper {
+    /// Run the reaper after each cycle of `start` [default: false].
+    pub enabled: Option<bool>,
+    /// Terminate in `start`; otherwise only count candidates [default: false].
+    pub apply: Option<bool>,
+    /// Regexes of the users whose orphaned sessions may be reaped, matched
+    /// in full and case-insensitively against the normalised user name
+    /// [default: none, so nothing is reaped].
+    pub users: Option<Vec<String>>,
+    /// Orphan reasons reaped [default: all three].
+    pub reasons: Option<Vec<String>>,
+    /// Youngest session reaped, by the vCenter's clock [default: 2h].
+    pub min_age: Option<String>,
+    /// Shortest idle time of a session reaped [default: 1h].
+    pub min_idle: Option<String>,
+    /// Most sessions terminated per vCenter and run [default: 100].
+    pub max_per_run: Option<usize>,
+    /// Wait between the listing choosing candidates and the one
+    /// confirming them [default: 5s].
+    pub recheck_delay: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -242,6 +273,7 @@ impl Config {
 pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Error> {
     let at = |field: &str| format!("{origin}: {field}");
     let (leaks, vm_attribution) = leak_rules(&file.leaks, &at)?;
+    let reaper = reaper_config(&file.reaper, &at)?;
     let mut vcenters = vcenters_config(flags, &file, &at)?;
     for vc in &mut vcenters {
         vc.vm_map = vm_attribution;
@@ -278,6 +310,7 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
         external_labels,
         pushgateway,
         leaks,
+        reaper,
         state_file: flags.state_file.clone().or(file.state_file),
     })
 }
@@ -672,6 +705,59 @@ fn leak_rules(file: &FileLeaks, at: &dyn Fn(&str) -> String) -> Result<(LeakRule
         )?,
     };
     Ok((rules, file.vm_attribution.unwrap_or(true)))
+}
+
+/// The `reaper:` block compiled.
+fn reaper_config(file: &FileReaper, at: &dyn Fn(&str) -> String) -> Result<ReaperConfig, Error> {
+    let defaults = ReaperConfig::default();
+    let users = compile_patterns(
+        file.users.as_deref(),
+        Vec::new(),
+        &at("reaper.users"),
+        |p| leaks::user_regex(p).map_err(|e| e.to_string()),
+    )?;
+    let reasons = match &file.reasons {
+        None => defaults.reasons,
+        Some(names) => {
+            let mut reasons = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                let reason = OrphanReason::ALL
+                    .into_iter()
+                    .find(|r| r.as_str() == name)
+                    .ok_or_else(|| {
+                        Error::Config(format!(
+                            "{}[{i}]: {name:?}: not a reason; use job_ended, no_running_job or predates_running_jobs",
+                            at("reaper.reasons")
+                        ))
+                    })?;
+                if !reasons.contains(&reason) {
+                    reasons.push(reason);
+                }
+            }
+            reasons
+        }
+    };
+    let max_per_run = file.max_per_run.unwrap_or(defaults.max_per_run);
+    if max_per_run == 0 {
+        return Err(Error::Config(format!(
+            "{}: 0 would never reap; turn the reaper off with enabled: false instead",
+            at("reaper.max_per_run")
+        )));
+    }
+    Ok(ReaperConfig {
+        enabled: file.enabled.unwrap_or(false),
+        apply: file.apply.unwrap_or(false),
+        users,
+        reasons,
+        min_age: duration_or(&file.min_age, defaults.min_age, &at("reaper.min_age"))?,
+        min_idle: duration_or(&file.min_idle, defaults.min_idle, &at("reaper.min_idle"))?,
+        max_per_run,
+        recheck_delay: duration_or(
+            &file.recheck_delay,
+            defaults.recheck_delay,
+            &at("reaper.recheck_delay"),
+        )?,
+    })
 }
 
 fn vcenter_from_file(

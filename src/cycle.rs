@@ -7,7 +7,7 @@
 //! drives the sinks concurrently and waits for them, each within its own
 //! time bound.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -20,6 +20,7 @@ use crate::correlate::{self, CycleInput, JobUsers, VcenterObservation};
 use crate::leaks::{LeakRules, ReporterIdentity};
 use crate::metrics::{self, MetricFamily, Snapshot};
 use crate::prow::{ProwSource, RunningJob};
+use crate::reaper::ReaperConfig;
 use crate::sink::Sink;
 use crate::sink::scrape::LatestSnapshot;
 use crate::vcenter::VcenterClient;
@@ -91,6 +92,15 @@ impl Resolvers {
     }
 }
 
+fn reaping_key(s: &crate::inventory::SessionEntry) -> (String, String, String, &'static str) {
+    (
+        s.vcenter.clone(),
+        s.username.clone(),
+        s.agent_label.clone(),
+        s.reason.unwrap_or_default(),
+    )
+}
+
 fn sorted(mut job_users: Vec<JobUsers>) -> Vec<JobUsers> {
     job_users.sort_by(|a, b| a.job.cmp(&b.job));
     job_users
@@ -109,6 +119,9 @@ pub struct Sources {
     pub ci_timeout: Duration,
     /// How leaked sessions are told from a running job's.
     pub leaks: LeakRules,
+    /// Which leaked sessions may be freed (`start` runs it after each
+    /// cycle when enabled).
+    pub reaper: ReaperConfig,
 }
 
 /// The outcome of one cycle.
@@ -117,6 +130,8 @@ pub struct CycleReport {
     pub snapshot: Arc<Snapshot>,
     /// One line per failed source or sink, naming it and the reason.
     pub failures: Vec<String>,
+    /// What was gathered, for the reaper.
+    pub input: CycleInput,
 }
 
 /// Runs cycles; shared by the scheduler, `once` and the tests.
@@ -130,6 +145,16 @@ pub struct Cycle {
     /// The sinks' senders run: a cycle hands its snapshot off and ends.
     /// Otherwise (`once`, tests) it waits for each sink to deliver.
     senders_started: std::sync::atomic::AtomicBool,
+    /// The reaper's series, from its last pass.
+    reaping: std::sync::Mutex<Reaping>,
+}
+
+/// The reaper's series: candidates of the last pass, terminations since
+/// start, by (vCenter, user, agent label, reason).
+#[derive(Default)]
+struct Reaping {
+    candidates: BTreeMap<(String, String, String, &'static str), u64>,
+    reaped: BTreeMap<(String, String, String, &'static str), u64>,
 }
 
 impl Cycle {
@@ -146,6 +171,59 @@ impl Cycle {
             cycles: AtomicU64::new(0),
             skipped,
             senders_started: std::sync::atomic::AtomicBool::new(false),
+            reaping: Default::default(),
+        }
+    }
+
+    /// The reaper's settings.
+    pub fn reaper_config(&self) -> &ReaperConfig {
+        &self.sources.reaper
+    }
+
+    /// The client of the vCenter with this `vcenter` label.
+    pub fn vcenter(&self, host: &str) -> Option<&Arc<VcenterClient>> {
+        self.sources.vcenters.iter().find(|c| c.host() == host)
+    }
+
+    /// One gather-and-classify pass, published nowhere (`sessions`,
+    /// `reap`): what was gathered and the failure lines.
+    pub async fn inspect(&self) -> (CycleInput, Vec<String>) {
+        let gathered = self.gather().await;
+        (gathered.input, gathered.failures)
+    }
+
+    /// One vCenter listed again, within the vCenter budget (the reaper's
+    /// second look).
+    pub async fn observe_again(&self, host: &str) -> Result<VcenterObservation, String> {
+        let client = self
+            .vcenter(host)
+            .ok_or_else(|| format!("no vCenter {host} configured"))?;
+        let result = tokio::time::timeout(self.sources.vcenter_timeout, client.observe())
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::Error::Timeout {
+                    what: format!("listing sessions of vCenter {host}"),
+                    timeout: self.sources.vcenter_timeout,
+                })
+            });
+        let observed = observed(client, result, Duration::ZERO);
+        match observed.error {
+            Some(e) => Err(e),
+            None => Ok(observed.observation),
+        }
+    }
+
+    /// Keep a reaper pass's outcome for the next snapshot's series.
+    pub fn record_reaping(&self, pass: &crate::reaper::Pass) {
+        let mut reaping = self.reaping.lock().unwrap_or_else(|e| e.into_inner());
+        reaping.candidates.clear();
+        for s in &pass.qualified {
+            *reaping.candidates.entry(reaping_key(s)).or_default() += 1;
+        }
+        for (s, action) in &pass.actions {
+            if *action == crate::reaper::Action::Terminated {
+                *reaping.reaped.entry(reaping_key(s)).or_default() += 1;
+            }
         }
     }
 
@@ -202,7 +280,11 @@ impl Cycle {
             duration_ms = started.elapsed().as_millis() as u64,
             "Cycle finished"
         );
-        CycleReport { snapshot, failures }
+        CycleReport {
+            snapshot,
+            failures,
+            input: gathered.input,
+        }
     }
 
     /// Every source: vCenters and Prow at once, each within its budget,
@@ -391,6 +473,7 @@ impl Cycle {
             orphans,
         ];
         families.extend(self.vm_map_families().await);
+        families.extend(self.reaper_families());
         for sink in &self.sinks {
             families.extend(sink.self_metrics());
         }
@@ -455,6 +538,37 @@ impl Cycle {
             observations: vcenters,
             session_count,
         }
+    }
+
+    /// The reaper's series (only when it is enabled).
+    fn reaper_families(&self) -> Vec<MetricFamily> {
+        if !self.sources.reaper.enabled {
+            return Vec::new();
+        }
+        let mut candidates = MetricFamily::gauge(
+            metrics::REAPER_CANDIDATES,
+            "Orphaned sessions the reaper's rules chose in its last pass, before its per-run cap.",
+        );
+        let mut reaped = MetricFamily::counter(
+            metrics::REAPED_TOTAL,
+            "Leaked sessions the reaper terminated since start.",
+        );
+        let reaping = self.reaping.lock().unwrap_or_else(|e| e.into_inner());
+        let labels = |(vc, user, agent, reason): &(String, String, String, &'static str)| {
+            [
+                ("vcenter", vc.clone()),
+                ("username", user.clone()),
+                ("user_agent", agent.clone()),
+                ("reason", reason.to_string()),
+            ]
+        };
+        for (key, n) in &reaping.candidates {
+            candidates.push(labels(key), *n as f64);
+        }
+        for (key, n) in &reaping.reaped {
+            reaped.push(labels(key), *n as f64);
+        }
+        vec![candidates, reaped]
     }
 
     /// The VM maps' self-metrics.

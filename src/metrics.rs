@@ -78,6 +78,10 @@ pub const REPORTER_LOGIN_FAILURES_TOTAL: &str =
 /// terminated.
 pub const REPORTER_ORPHANS_TERMINATED_TOTAL: &str =
     "vsphere_ci_user_sessions_reporter_orphans_terminated_total";
+/// Orphaned sessions the reaper's rules chose in its last pass.
+pub const REAPER_CANDIDATES: &str = "vsphere_ci_user_sessions_reaper_candidates";
+/// Leaked sessions the reaper terminated since start.
+pub const REAPED_TOTAL: &str = "vsphere_ci_user_sessions_reaped_total";
 /// Scheduler ticks skipped because the previous cycle was still running.
 pub const CYCLES_SKIPPED_TOTAL: &str = "vsphere_ci_user_sessions_cycles_skipped_total";
 

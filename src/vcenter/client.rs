@@ -392,6 +392,23 @@ impl VcenterClient {
         Ok(observation)
     }
 
+    /// Ends another client's session (`SessionManager.TerminateSession`)
+    /// with the reporter's own. Only the reaper calls this, for a session
+    /// an operator's rules chose and a second listing confirmed. A session
+    /// of ours the vCenter no longer knows is replaced once, as for a
+    /// listing.
+    pub async fn terminate_session(&self, key: &str) -> Result<(), Error> {
+        let inner = &self.inner;
+        let session = self.session(None).await?;
+        match inner.terminate(&session, key).await {
+            Err(Error::NotAuthenticated { .. }) => {
+                let renewed = self.session(Some(session.generation)).await?;
+                inner.terminate(&renewed, key).await
+            }
+            other => other,
+        }
+    }
+
     /// Counters of the VM map (zero when it is off).
     pub async fn vm_map_stats(&self) -> VmMapStats {
         self.inner.vm_watch.lock().await.map.stats()
@@ -752,20 +769,7 @@ impl Inner {
             .collect();
         for key in candidates {
             let short: String = key.chars().take(8).collect();
-            let exchange = self
-                .call_in(
-                    session,
-                    "TerminateSession",
-                    soap::terminate_session(&session.content.session_manager, &key),
-                )
-                .await;
-            let result = match exchange {
-                Ok(exchange) => self.reply(exchange, |xml| {
-                    soap::parse_empty(xml, "TerminateSessionResponse")
-                }),
-                Err(e) => Err(e.into()),
-            };
-            match result {
+            match self.terminate(session, &key).await {
                 Ok(()) => {
                     self.orphans_terminated.fetch_add(1, Ordering::Relaxed);
                     info!(vcenter = %self.config.host, session = %short,
@@ -775,6 +779,20 @@ impl Inner {
                     "Terminating a session of a lost login failed, trying again next cycle"),
             }
         }
+    }
+
+    /// `TerminateSession` of the session with this key, within `session`.
+    async fn terminate(&self, session: &Session, key: &str) -> Result<(), Error> {
+        let exchange = self
+            .call_in(
+                session,
+                "TerminateSession",
+                soap::terminate_session(&session.content.session_manager, key),
+            )
+            .await?;
+        self.reply(exchange, |xml| {
+            soap::parse_empty(xml, "TerminateSessionResponse")
+        })
     }
 
     /// `CurrentTime`, then every session, with one session.
