@@ -27,6 +27,7 @@ use crate::correlate::CycleInput;
 use crate::cycle::Cycle;
 use crate::inventory::{Inventory, SessionEntry, Status};
 use crate::leaks::OrphanReason;
+use crate::vcenter::parse_time_ms;
 
 /// Default of [`ReaperConfig::min_age`].
 pub const DEFAULT_MIN_AGE: Duration = Duration::from_secs(2 * 60 * 60);
@@ -100,10 +101,14 @@ pub fn candidates<'a>(
     by_vcenter
         .into_iter()
         .map(|(vcenter, mut list)| {
+            // Longest idle first: by the time of the last call (to the
+            // vCenter's sub-second precision), then the login.
+            let at = |time: &str| parse_time_ms(time).unwrap_or(i64::MAX);
             list.sort_by(|a, b| {
                 b.idle_seconds
                     .cmp(&a.idle_seconds)
-                    .then(b.age_seconds.cmp(&a.age_seconds))
+                    .then(at(&a.last_active_time).cmp(&at(&b.last_active_time)))
+                    .then(at(&a.login_time).cmp(&at(&b.login_time)))
                     .then(a.key_prefix.cmp(&b.key_prefix))
             });
             let over = list.len().saturating_sub(config.max_per_run);

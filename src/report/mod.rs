@@ -290,15 +290,15 @@ fn users_view(
         rows.sort_by(|a, b| b.1.sessions.cmp(&a.1.sessions).then(a.0.cmp(&b.0)));
         let mut t = Table::new(with_wide(
             vec![
-                Column::text("USER"),
+                Column::flex("USER"),
                 Column::flex("AGENT"),
                 Column::number("SESSIONS"),
                 Column::number("ATTRIBUTED"),
                 Column::number("ORPHANED"),
                 Column::number("OLDEST"),
                 Column::number("IDLE"),
-                Column::flex("JOBS"),
-                Column::flex("REASONS"),
+                Column::flex("JOBS").optional(),
+                Column::flex("REASONS").optional(),
             ],
             wide,
         ));
@@ -350,10 +350,10 @@ fn jobs_view(inventory: &Inventory, options: &Options, wide: bool, width: Option
             Column::text("NAMESPACE"),
             Column::flex("USERS"),
             Column::number("ATTRIBUTED"),
-            Column::text("BY"),
             Column::number("SHARED"),
-            Column::number("OLDEST"),
-            Column::number("IDLE"),
+            Column::flex("BY").optional(),
+            Column::number("OLDEST").optional(),
+            Column::number("IDLE").optional(),
         ],
         wide,
     ));
@@ -415,8 +415,8 @@ fn jobs_view(inventory: &Inventory, options: &Options, wide: bool, width: Option
                 users.join(", ")
             }),
             count_cell(g.sessions, Tone::Good),
-            Cell::new(counted(by)),
             count_cell(*shared, Tone::Warn),
+            Cell::new(counted(by)),
         ];
         row.extend(g.age_cells());
         if wide {
@@ -517,13 +517,13 @@ fn orphaned_view(
     let mut t = Table::new(with_wide(
         vec![
             Column::text("REASON"),
-            Column::text("VCENTER"),
-            Column::text("USER"),
+            Column::flex("VCENTER"),
+            Column::flex("USER"),
             Column::flex("AGENT"),
             Column::text("NAMESPACE"),
             Column::number("SESSIONS"),
-            Column::number("OLDEST"),
-            Column::number("IDLE"),
+            Column::number("OLDEST").optional(),
+            Column::number("IDLE").optional(),
         ],
         wide,
     ));

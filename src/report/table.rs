@@ -54,7 +54,8 @@ pub enum Align {
     Right,
 }
 
-/// A column: its header, alignment and whether it may be cut to fit.
+/// A column: its header, alignment and whether it may be cut or hidden
+/// to fit.
 #[derive(Debug, Clone)]
 pub struct Column {
     pub header: &'static str,
@@ -62,6 +63,9 @@ pub struct Column {
     /// Cut with `…` when the table is wider than the terminal; the
     /// narrowest a flexible column gets is [`MIN_FLEX`].
     pub flexible: bool,
+    /// Hidden, last first, when cutting is not enough (details shown
+    /// elsewhere: another view, `-o wide`).
+    pub optional: bool,
 }
 
 impl Column {
@@ -70,23 +74,28 @@ impl Column {
             header,
             align: Align::Left,
             flexible: false,
+            optional: false,
         }
     }
 
     pub fn flex(header: &'static str) -> Self {
         Column {
-            header,
-            align: Align::Left,
             flexible: true,
+            ..Column::text(header)
         }
     }
 
     pub fn number(header: &'static str) -> Self {
         Column {
-            header,
             align: Align::Right,
-            flexible: false,
+            ..Column::text(header)
         }
+    }
+
+    /// This column may be hidden on a narrow terminal.
+    pub fn optional(mut self) -> Self {
+        self.optional = true;
+        self
     }
 }
 
@@ -114,15 +123,36 @@ impl Table {
     }
 
     /// The table as lines, fitted to `width` columns when given (by
-    /// cutting the flexible columns, widest first), coloured with ANSI
+    /// cutting the flexible columns, widest first, then hiding optional
+    /// columns, last first, with a note saying which), coloured with ANSI
     /// codes when `colour`. Trailing spaces are trimmed.
     pub fn render(&self, width: Option<usize>, colour: bool) -> String {
-        let widths = self.fitted_widths(width);
+        let mut table = self.clone();
+        let mut hidden = Vec::new();
+        let mut widths = table.fitted_widths(width);
+        while width.is_some_and(|limit| total(&widths) > limit) {
+            let Some(i) = table.columns.iter().rposition(|c| c.optional) else {
+                break;
+            };
+            hidden.push(table.columns.remove(i).header);
+            for row in &mut table.rows {
+                row.remove(i);
+            }
+            widths = table.fitted_widths(width);
+        }
         let mut out = String::new();
-        let header: Vec<Cell> = self.columns.iter().map(|c| Cell::new(c.header)).collect();
-        self.line(&mut out, &header, &widths, colour, true);
-        for row in &self.rows {
-            self.line(&mut out, row, &widths, colour, false);
+        let header: Vec<Cell> = table.columns.iter().map(|c| Cell::new(c.header)).collect();
+        table.line(&mut out, &header, &widths, colour, true);
+        for row in &table.rows {
+            table.line(&mut out, row, &widths, colour, false);
+        }
+        if !hidden.is_empty() {
+            hidden.reverse();
+            out.push_str(&format!(
+                "({} hidden to fit {} columns; -o wide shows everything)\n",
+                hidden.join(", "),
+                width.unwrap_or_default()
+            ));
         }
         out
     }
@@ -184,7 +214,6 @@ impl Table {
         let Some(limit) = width else {
             return widths;
         };
-        let total = |w: &[usize]| w.iter().sum::<usize>() + GAP.len() * w.len().saturating_sub(1);
         let mut excess = total(&widths).saturating_sub(limit);
         while excess > 0 {
             let floor = |i: usize| MIN_FLEX.max(chars(self.columns[i].header));
@@ -209,6 +238,11 @@ impl Table {
         }
         widths
     }
+}
+
+/// The width of a line with columns this wide.
+fn total(widths: &[usize]) -> usize {
+    widths.iter().sum::<usize>() + GAP.len() * widths.len().saturating_sub(1)
 }
 
 fn chars(text: &str) -> usize {
@@ -300,6 +334,38 @@ u2          govc                                             1,204
         // Too narrow for even the minimum: the floor holds, nothing breaks.
         let tiny = table().render(Some(5), false);
         assert!(tiny.contains("k8s-csi-use…"), "{tiny}");
+    }
+
+    #[test]
+    fn optional_columns_hide_last_first_when_cutting_is_not_enough() {
+        let mut t = Table::new(vec![
+            Column::flex("AGENT"),
+            Column::number("SESSIONS"),
+            Column::flex("JOBS").optional(),
+            Column::flex("REASONS").optional(),
+        ]);
+        t.push(vec![
+            Cell::new("k8s-csi-useragent-ci-op-aaaaaaaa-af877-4p9dw"),
+            Cell::new("3"),
+            Cell::new("#2001 pull-ci-openshift-vsphere-csi-driver-main-e2e-vsphere"),
+            Cell::new("job_ended ×2"),
+        ]);
+        // 12 + 2 + 8 + 2 + 12 + 2 + 12 = 50 fits with everything cut.
+        let fits = t.render(Some(50), false);
+        assert!(
+            fits.starts_with("AGENT         SESSIONS  JOBS          REASONS\n"),
+            "{fits}"
+        );
+        let narrow = t.render(Some(30), false);
+        for line in narrow.lines().take(2) {
+            assert!(line.chars().count() <= 30, "{line:?}");
+        }
+        assert!(narrow.starts_with("AGENT         SESSIONS\n"), "{narrow}");
+        assert!(
+            narrow
+                .ends_with("(JOBS, REASONS hidden to fit 30 columns; -o wide shows everything)\n"),
+            "{narrow}"
+        );
     }
 
     #[test]

@@ -194,6 +194,27 @@ impl Vcsim {
         self.control("vm/set-ips", name, &[], ips).await;
     }
 
+    /// From now on vcsim refuses `TerminateSession` of this session key
+    /// with a `NoPermission` fault, as a vCenter may for one session.
+    pub async fn refuse_terminate(&self, key: &str) {
+        let mut url = self
+            .url
+            .join("vcsim-test/session/refuse-terminate")
+            .expect("a valid control URL");
+        url.query_pairs_mut().append_pair("key", key);
+        let response = http_client(None)
+            .post(url.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("vcsim control {url}: {e}"));
+        let status = response.status();
+        assert!(
+            status.is_success(),
+            "vcsim refuse-terminate: HTTP {status}: {}",
+            response.text().await.unwrap_or_default().trim()
+        );
+    }
+
     /// POSTs to the control API; panics with vcsim's one-line answer unless
     /// it succeeds.
     async fn control(&self, op: &str, name: &str, params: &[(&str, &str)], ips: &[&str]) {

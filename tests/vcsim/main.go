@@ -38,6 +38,9 @@
 //	POST /vcsim-test/vm/set-ips?name=NAME[&ip=IP...]    replace the guest IPs
 //	                                                    (none: clear them)
 //	GET  /vcsim-test/vm/list                            NAME<TAB>MOREF<TAB>IP,IP per line
+//	POST /vcsim-test/session/refuse-terminate?key=KEY   TerminateSession of KEY
+//	                                                    answers a NoPermission
+//	                                                    fault from now on
 //
 // Every change goes through the simulator's own paths (tasks run through its
 // in-process SOAP client, guest changes through Registry.Update under the
@@ -47,11 +50,13 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net"
 	"net/http"
@@ -185,6 +190,14 @@ func main() {
 	// Registered before NewServer, which adds Service.HandleFunc routes last.
 	model.Service.HandleFunc(controlPrefix, inv.serveControl)
 	server := model.Service.NewServer()
+	// SOAP calls to the listening host go through the refusal filter
+	// first: a host pattern wins over the plain /sdk route, and ServeMux
+	// takes new routes while it serves.
+	host, _, err := net.SplitHostPort(server.URL.Host)
+	if err != nil {
+		fatalf("listen address %q: %s", server.URL.Host, err)
+	}
+	model.Service.ServeMux.HandleFunc(host+"/sdk", inv.refusals.filter(model.Service))
 
 	// Log the requested sessions in over real HTTP so vcsim records their
 	// User-Agent and address like any client's.
@@ -324,6 +337,67 @@ type inventory struct {
 	pool   *object.ResourcePool // and their pool (a cluster: vcsim picks the host)
 	// mu makes each control request's name check and change one step.
 	mu sync.Mutex
+	// refusals are the session keys whose termination vcsim refuses.
+	refusals refusals
+}
+
+// refusals holds session keys whose TerminateSession is refused, to test
+// a vCenter that will not end one session among many.
+type refusals struct {
+	mu   sync.Mutex
+	keys map[string]bool
+}
+
+func (rf *refusals) add(key string) {
+	rf.mu.Lock()
+	defer rf.mu.Unlock()
+	if rf.keys == nil {
+		rf.keys = map[string]bool{}
+	}
+	rf.keys[key] = true
+}
+
+// refused reports whether body is a TerminateSession of a refused key.
+func (rf *refusals) refused(body []byte) bool {
+	if !bytes.Contains(body, []byte("<TerminateSession")) {
+		return false
+	}
+	rf.mu.Lock()
+	defer rf.mu.Unlock()
+	for key := range rf.keys {
+		if bytes.Contains(body, []byte("<sessionId>"+key+"</sessionId>")) {
+			return true
+		}
+	}
+	return false
+}
+
+// noPermission is the fault vCenter sends when the caller may not end a
+// session (HTTP 500, as for every SOAP fault).
+const noPermission = `<?xml version="1.0" encoding="UTF-8"?>
+<soapenv:Envelope xmlns:soapenc="http://schemas.xmlsoap.org/soap/encoding/" xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/" xmlns:xsd="http://www.w3.org/2001/XMLSchema" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+<soapenv:Body><soapenv:Fault><faultcode>ServerFaultCode</faultcode><faultstring>Permission to perform this operation was denied.</faultstring><detail><NoPermissionFault xmlns="urn:vim25" xsi:type="NoPermission"><object type="SessionManager">SessionManager</object><privilegeId>Sessions.TerminateSession</privilegeId></NoPermissionFault></detail></soapenv:Fault></soapenv:Body>
+</soapenv:Envelope>`
+
+// filter answers refused terminations with the fault and hands every
+// other call to the simulator unchanged.
+func (rf *refusals) filter(svc *simulator.Service) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 64<<20))
+		_ = r.Body.Close()
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		if rf.refused(body) {
+			w.Header().Set("Content-Type", "text/xml; charset=utf-8")
+			w.WriteHeader(http.StatusInternalServerError)
+			_, _ = io.WriteString(w, noPermission)
+			return
+		}
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		svc.ServeSDK(w, r)
+	}
 }
 
 func newInventory(svc *simulator.Service) (*inventory, error) {
@@ -604,6 +678,18 @@ func (inv *inventory) serveControl(w http.ResponseWriter, r *http.Request) {
 	status, msg := http.StatusOK, ""
 	err := func() error {
 		op := strings.TrimPrefix(r.URL.Path, controlPrefix)
+		if op == "session/refuse-terminate" {
+			if r.Method != http.MethodPost {
+				return fail(http.StatusMethodNotAllowed, "%s wants POST", r.URL.Path)
+			}
+			key := r.FormValue("key")
+			if key == "" {
+				return fail(http.StatusBadRequest, "missing key")
+			}
+			inv.refusals.add(key)
+			msg = "refusing TerminateSession of " + key
+			return nil
+		}
 		if op == "vm/list" {
 			if r.Method != http.MethodGet {
 				return fail(http.StatusMethodNotAllowed, "%s wants GET", r.URL.Path)
