@@ -715,11 +715,7 @@ async fn sessions_json_has_every_field_of_every_session_and_never_a_full_key() {
         assert_eq!(agent, v.user_agent);
         assert_eq!(s["ip_address"], v.ip_address.as_str());
         assert_eq!(s["login_time"], v.login_time.as_str());
-        assert_eq!(
-            s["call_count"].as_u64().unwrap() <= v.call_count,
-            true,
-            "{s}"
-        );
+        assert!(s["call_count"].as_u64().unwrap() <= v.call_count, "{s}");
         let login_ms = chrono::DateTime::parse_from_rfc3339(&v.login_time)
             .unwrap()
             .timestamp_millis();
@@ -996,10 +992,8 @@ async fn reap_spares_a_session_active_again_goes_on_past_a_refusal_and_keeps_to_
 async fn start_with_the_reaper_applied_frees_the_leaks_within_two_cycles() {
     let world = World::seed().await;
     let port = receivers::free_port();
-    let extra = format!(
-        "reaper:\n  enabled: true\n  apply: true\n  users: ['ci_user_0[12]']\n  min_age: 1s\n  min_idle: 1s\n  recheck_delay: 1s\ninterval: 2s\n"
-    );
-    let config = world.config("start.yaml", &extra);
+    let extra = "reaper:\n  enabled: true\n  apply: true\n  users: ['ci_user_0[12]']\n  min_age: 1s\n  min_idle: 1s\n  recheck_delay: 1s\ninterval: 2s\n";
+    let config = world.config("start.yaml", extra);
     let text = std::fs::read_to_string(&config)
         .unwrap()
         .replace("listen_port: 0", &format!("listen_port: {port}"));
