@@ -1501,6 +1501,20 @@ mod tests {
                 "c.yaml: leaks.login_grace: ",
             ),
             ("leaks:\n  idle: 1h\n", "unknown field `idle`"),
+            (
+                "reaper:\n  reasons: [job_ended, leaked]\n",
+                "c.yaml: reaper.reasons[1]: \"leaked\": not a reason; use job_ended, no_running_job or predates_running_jobs",
+            ),
+            (
+                "reaper:\n  users: ['ci_user_(']\n",
+                "c.yaml: reaper.users[0]: \"ci_user_(\": ",
+            ),
+            (
+                "reaper:\n  max_per_run: 0\n",
+                "c.yaml: reaper.max_per_run: 0 would never reap",
+            ),
+            ("reaper:\n  min_idle: 2d\n", "c.yaml: reaper.min_idle: "),
+            ("reaper:\n  dry_run: false\n", "unknown field `dry_run`"),
         ];
         for (text, want) in cases {
             let result = serde_yaml::from_str::<FileConfig>(&format!("{vc}{text}"))
@@ -1511,6 +1525,33 @@ mod tests {
             let err = result.expect_err(text);
             assert!(err.contains(want), "{text}: want {want:?}, got {err:?}");
         }
+    }
+
+    #[test]
+    fn the_reaper_reaps_nothing_by_default_and_its_users_match_in_full_in_any_case() {
+        let config = merge(
+            &Flags::default(),
+            yaml("vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n"),
+            "c.yaml",
+        )
+        .unwrap();
+        let r = &config.reaper;
+        assert!(!r.enabled && !r.apply && r.users.is_empty());
+        assert_eq!(r.reasons, crate::leaks::OrphanReason::ALL);
+        assert_eq!(
+            (r.min_age, r.min_idle),
+            (Duration::from_secs(7200), Duration::from_secs(3600))
+        );
+        assert_eq!(r.max_per_run, 100);
+        let file = yaml(
+            "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\nreaper:\n  enabled: true\n  users: ['ci_user_[0-9]+']\n  reasons: [job_ended, job_ended]\n  recheck_delay: 0s\n",
+        );
+        let r = merge(&Flags::default(), file, "c.yaml").unwrap().reaper;
+        assert!(r.enabled && !r.apply);
+        assert!(r.users[0].is_match("CI_USER_07"));
+        assert!(!r.users[0].is_match("ci_user_07-admin"));
+        assert_eq!(r.reasons, [crate::leaks::OrphanReason::JobEnded]);
+        assert_eq!(r.recheck_delay, Duration::ZERO);
     }
 
     #[test]

@@ -23,6 +23,14 @@ fn the_example_config_file_is_valid() {
     };
     let config = Config::build(&flags).unwrap();
     assert_eq!(config.vcenters.len(), 1);
+    // The example's reaper block spells out the defaults: off, nobody named.
+    assert!(!config.reaper.enabled && !config.reaper.apply);
+    assert!(config.reaper.users.is_empty());
+    assert_eq!(config.reaper.reasons.len(), 3);
+    assert_eq!(
+        config.reaper.min_age,
+        std::time::Duration::from_secs(2 * 3600)
+    );
     assert_eq!(config.vcenters[0].host, "vcenter.ci.example.com");
     assert_eq!(config.vcenters[0].password.expose(), "secret");
     assert_eq!(config.remote_write.len(), 1);
