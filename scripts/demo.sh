@@ -42,18 +42,41 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-say "Starting vcsim with sessions of CI users (user, user agent, count)"
+say "Starting vcsim with CI sessions: healthy ones and leaks (user, user agent, count)"
+# Healthy: job 0001's CSI driver names its cluster (infraID ci-op-demo0001-a1b2c)
+# in its agent; job 0003's machine API connects from its master VM; installers
+# of ci-user-1 (used by jobs 0001 and 0002). Leaked: a cluster whose job ended
+# (namespace ci-op-gone1234) left its CSI driver and cloud provider logged in;
+# ci-user-3 holds a session though no job uses it. Not CI: an administrator's
+# browser and a vCenter extension.
 sessions=(
-  "ci-user-1@vsphere.local,openshift-install,4"
-  'VSPHERE.LOCAL\ci-user-1,vsphere-csi-driver,2'
-  "ci-user-2@vsphere.local,machine-api-operator,3"
-  "ci-user-3@vsphere.local,govc,1"
+  "ci-user-1@vsphere.local,openshift-install/4.21 govmomi/0.46,4"
+  'VSPHERE.LOCAL\ci-user-1,k8s-csi-useragent-ci-op-demo0001-a1b2c,2'
+  "ci-user-1@vsphere.local,k8s-csi-useragent-ci-op-gone1234-q1w2e-7hj3k,2"
+  "ci-user-3@vsphere.local,govc/0.37.3,1"
   "administrator@vsphere.local,Mozilla/5.0,1"
+  "vpxd-extension-1a2b3c4d@vsphere.local,VMware vim-java 1.0,1"
+)
+sessions_from=(
+  "127.0.0.23,ci-user-2@vsphere.local,machineAPIvSphereProvider,3"
+  "127.0.0.31,ci-user-2@vsphere.local,k8s-cloud-provider-vsphere,1"
+)
+vms=(
+  "ci-op-demo0003-x9k2p-master-0,127.0.0.23"
+  "ci-op-gone1234-q1w2e-worker-0-ab12c,127.0.0.31"
 )
 args=()
 for s in "${sessions[@]}"; do
   echo "  $s"
   args+=(-session "$s")
+done
+for s in "${sessions_from[@]}"; do
+  echo "  from ${s%%,*}: ${s#*,}"
+  args+=(-session-from "$s")
+done
+for v in "${vms[@]}"; do
+  echo "  VM ${v%%,*} with guest IP ${v#*,}"
+  args+=(-vm "$v")
 done
 target/peers/vcsim "${args[@]}" >"$work/vcsim.out" 2>"$work/vcsim.err" &
 pids+=($!)
@@ -89,7 +112,19 @@ echo "  vsphere-ci-session-metrics start --kubeconfig KUBECONFIG --vsphere $vcsi
 echo "      --vsphere-user reporter@vsphere.local --vsphere-passwd-file PASSWORD_FILE --prow $ci_url \\"
 echo "      --listen-port $port --interval 5s --remote-write http://127.0.0.1:$prom_port/api/v1/write"
 printf 'demo-password\n' >"$work/password"
-target/debug/vsphere-ci-session-metrics start \
+# The leak rules: the administrator is a person, not CI; the reaper may free
+# orphaned sessions of the CI accounts only. The demo's sessions are seconds
+# old, so its age and idle thresholds are 0 (the defaults are 2h and 1h).
+cat >"$work/demo.yaml" <<'YAML'
+leaks:
+  exclude_users: ['administrator', 'vpxd-.*', 'vpxd-extension-.*']
+reaper:
+  users: ['ci-user-[0-9]+']
+  min_age: 0s
+  min_idle: 0s
+  recheck_delay: 2s
+YAML
+target/debug/vsphere-ci-session-metrics start --config "$work/demo.yaml" \
   --kubeconfig "$work/kubeconfig" \
   --vsphere "$vcsim_url" \
   --vsphere-user reporter@vsphere.local \
@@ -123,7 +158,43 @@ import json, sys
 for s in json.load(sys.stdin)["data"]["result"]:
     print("  %-12s %s" % (s["metric"].get("username", ""), s["value"][1]))'
 
+say "/metrics: the leaks, by reason, and the sessions proven to be a running job's"
+grep -E '^vsphere_ci_user_sessions_(orphaned|job_sessions)\{' "$work/metrics"
+
 say "Stopping the reporter (SIGTERM: stale markers, vCenter logout)"
 kill -TERM "$reporter"
 wait "$reporter" || true
 tail -n 4 "$work/reporter.log"
+
+# The on-call commands take the same flags and config as the reporter.
+oncall=(--config "$work/demo.yaml" --kubeconfig "$work/kubeconfig" --vsphere "$vcsim_url"
+  --vsphere-user reporter@vsphere.local --vsphere-passwd-file "$work/password" --prow "$ci_url")
+cli=target/debug/vsphere-ci-session-metrics
+
+say "On call: vsphere-ci-session-metrics sessions (who holds the sessions)"
+"$cli" sessions "${oncall[@]}"
+say "On call: vsphere-ci-session-metrics sessions --orphaned (what no running job can own)"
+"$cli" sessions --orphaned "${oncall[@]}"
+say "On call: vsphere-ci-session-metrics reap (a dry run: what would be freed)"
+"$cli" reap "${oncall[@]}" 2>/dev/null
+say "On call: vsphere-ci-session-metrics reap --apply"
+"$cli" reap --apply "${oncall[@]}" 2>"$work/reap.log"
+grep 'Terminated a leaked session' "$work/reap.log" | sed 's/^/  /'
+say "After: sessions --orphaned"
+"$cli" sessions --orphaned "${oncall[@]}"
+
+# Check what the demo claims: no leak left, every running job's session
+# and every excluded user's still there.
+"$cli" sessions -o json "${oncall[@]}" >"$work/after.json"
+python3 - "$work/after.json" <<'PY'
+import json, sys
+doc = json.load(open(sys.argv[1]))
+status = {}
+for s in doc["sessions"]:
+    status[s["status"]] = status.get(s["status"], 0) + 1
+want = {"attributed": 5, "shared": 4, "exempt": 2}
+left = {k: status.get(k, 0) for k in ["orphaned", *want]}
+ok = left == {"orphaned": 0, **want}
+print(("  OK: " if ok else "  UNEXPECTED: ") + ", ".join(f"{k} {v}" for k, v in left.items()))
+sys.exit(0 if ok else 1)
+PY

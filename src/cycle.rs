@@ -155,6 +155,8 @@ pub struct Cycle {
 struct Reaping {
     candidates: BTreeMap<(String, String, String, &'static str), u64>,
     reaped: BTreeMap<(String, String, String, &'static str), u64>,
+    /// Terminations the vCenter refused or that got no answer, by vCenter.
+    failures: BTreeMap<String, u64>,
 }
 
 impl Cycle {
@@ -221,8 +223,14 @@ impl Cycle {
             *reaping.candidates.entry(reaping_key(s)).or_default() += 1;
         }
         for (s, action) in &pass.actions {
-            if *action == crate::reaper::Action::Terminated {
-                *reaping.reaped.entry(reaping_key(s)).or_default() += 1;
+            match action {
+                crate::reaper::Action::Terminated => {
+                    *reaping.reaped.entry(reaping_key(s)).or_default() += 1;
+                }
+                crate::reaper::Action::Failed(_) => {
+                    *reaping.failures.entry(s.vcenter.clone()).or_default() += 1;
+                }
+                _ => {}
             }
         }
     }
@@ -568,7 +576,15 @@ impl Cycle {
         for (key, n) in &reaping.reaped {
             reaped.push(labels(key), *n as f64);
         }
-        vec![candidates, reaped]
+        let mut failures = MetricFamily::counter(
+            metrics::REAPER_FAILURES_TOTAL,
+            "Terminations of leaked sessions that failed since start (refused or unanswered).",
+        );
+        for client in &self.sources.vcenters {
+            let n = reaping.failures.get(client.host()).copied().unwrap_or(0);
+            failures.push([("vcenter", client.host())], n as f64);
+        }
+        vec![candidates, reaped, failures]
     }
 
     /// The VM maps' self-metrics.

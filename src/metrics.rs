@@ -82,6 +82,8 @@ pub const REPORTER_ORPHANS_TERMINATED_TOTAL: &str =
 pub const REAPER_CANDIDATES: &str = "vsphere_ci_user_sessions_reaper_candidates";
 /// Leaked sessions the reaper terminated since start.
 pub const REAPED_TOTAL: &str = "vsphere_ci_user_sessions_reaped_total";
+/// Terminations of leaked sessions that failed.
+pub const REAPER_FAILURES_TOTAL: &str = "vsphere_ci_user_sessions_reaper_failures_total";
 /// Scheduler ticks skipped because the previous cycle was still running.
 pub const CYCLES_SKIPPED_TOTAL: &str = "vsphere_ci_user_sessions_cycles_skipped_total";
 

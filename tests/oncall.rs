@@ -767,9 +767,10 @@ async fn a_failed_source_prints_what_was_read_marked_partial_and_exits_1() {
 }
 
 /// The reaper's settings for `reap` tests.
-fn reaper(users: &str, max: usize) -> String {
+/// `min` is the age and idleness asked for.
+fn reaper(users: &str, max: usize, min: &str) -> String {
     format!(
-        "reaper:\n  users: {users}\n  min_age: 1s\n  min_idle: 1s\n  max_per_run: {max}\n  recheck_delay: 3s\n"
+        "reaper:\n  users: {users}\n  min_age: {min}\n  min_idle: {min}\n  max_per_run: {max}\n  recheck_delay: 3s\n"
     )
 }
 
@@ -822,8 +823,12 @@ async fn reap_terminates_exactly_the_confirmed_candidates_and_nothing_else() {
     );
 
     // The dry run names the five (ci_user_03 is not named; the reporter
-    // is, yet never a candidate) and terminates nothing.
-    let config = world.config("reap.yaml", &reaper("['ci_user_0[12]', 'reporter']", 100));
+    // is, and with no minimum age its fresh session would qualify, yet it
+    // is never a candidate) and terminates nothing.
+    let config = world.config(
+        "reap.yaml",
+        &reaper("['ci_user_0[12]', 'reporter']", 100, "0s"),
+    );
     let out = run(args(&["reap"], &config), Some(200)).await;
     let stdout = text(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", text(&out.stderr));
@@ -885,7 +890,7 @@ async fn reap_spares_a_session_active_again_goes_on_past_a_refusal_and_keeps_to_
 
     // Five candidates, at most four: the longest idle go first, so the
     // last of the ended cluster's sessions waits for the next run.
-    let config = world.config("cap.yaml", &reaper("['ci_user_0[12]']", 4));
+    let config = world.config("cap.yaml", &reaper("['ci_user_0[12]']", 4, "1s"));
     let path = world.dir.path().join("reap.out");
     let mut child = Command::new(BIN)
         .args(args(&["reap", "--apply"], &config))
@@ -1093,6 +1098,14 @@ async fn start_with_the_reaper_applied_frees_the_leaks_within_two_cycles() {
     assert_eq!(
         reaped("ci_user_02", GOVC, "no_running_job"),
         Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        value_of(
+            &text,
+            &format!("vsphere_ci_user_sessions_reaper_failures_total{{vcenter=\"{VCENTER}\"}}")
+        ),
+        Some(0.0),
         "{text}"
     );
     // Nothing left to reap: the next pass finds no candidate.
