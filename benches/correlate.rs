@@ -2,13 +2,16 @@
 //! 12 user agents, 200 running jobs sharing those users, rendered as text.
 //! A quarter of the sessions are CSI sessions naming a cluster (of a running
 //! job or of one of 50 ended ones), a quarter come from VM guest IPs, so
-//! the leak classification does its real work.
+//! the leak classification does its real work. The same input gives the
+//! cost of `sessions`: the inventory and each view.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use vsphere_ci_session_metrics::ci::CiIdentity;
 use vsphere_ci_session_metrics::correlate::{CycleInput, JobUsers, VcenterObservation, correlate};
+use vsphere_ci_session_metrics::inventory::Inventory;
 use vsphere_ci_session_metrics::metrics::Snapshot;
 use vsphere_ci_session_metrics::prow::RunningJob;
+use vsphere_ci_session_metrics::report::{Filters, Options, Output, View, render};
 use vsphere_ci_session_metrics::vcenter::{UserSession, VcenterClock};
 
 /// The ci-op namespace of job `i` (jobs 200..250 have ended).
@@ -92,6 +95,30 @@ fn bench(c: &mut Criterion) {
     c.bench_function("render_text of that snapshot", |b| {
         b.iter(|| std::hint::black_box(&snapshot).render_text())
     });
+
+    // What `sessions` does after the gather: every session's verdict as a
+    // document, then each view.
+    c.bench_function("inventory of 2000 sessions x 200 jobs", |b| {
+        b.iter(|| Inventory::build(std::hint::black_box(&input), Vec::new(), 0))
+    });
+    let inventory = Inventory::build(&input, Vec::new(), 0);
+    for (name, view, output) in [
+        ("sessions table (by user)", View::Users, Output::Table),
+        ("sessions --by job", View::Jobs, Output::Table),
+        ("sessions --orphaned", View::Orphaned, Output::Table),
+        ("sessions -o json", View::Users, Output::Json),
+    ] {
+        let options = Options {
+            view,
+            output,
+            filters: Filters::default(),
+            width: Some(120),
+            colour: false,
+        };
+        c.bench_function(name, |b| {
+            b.iter(|| render(std::hint::black_box(&inventory), &options))
+        });
+    }
 }
 
 criterion_group!(benches, bench);

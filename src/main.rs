@@ -46,8 +46,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Start(_) => app::run(config, Mode::Start, shutdown_signal()).await,
             Command::Once(_) => app::run(config, Mode::Once, shutdown_signal()).await,
-            Command::Sessions(args) => oncall::sessions(config, report_options(&args)).await,
-            Command::Reap(args) => oncall::reap(config, args.apply, Terminal::detect()).await,
+            Command::Sessions(args) => {
+                oncall::sessions(config, report_options(&args), shutdown_signal()).await
+            }
+            Command::Reap(args) => {
+                oncall::reap(config, args.apply, Terminal::detect(), shutdown_signal()).await
+            }
         }
     });
     match result {

@@ -7,6 +7,7 @@
 //! and settings as `once`, publish nothing, and log out of every vCenter
 //! before they exit, so they leave no session behind.
 
+use std::future::Future;
 use std::io::{IsTerminal, Write};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -21,12 +22,27 @@ use crate::reaper::{self, Action};
 use crate::report::table::{Cell, Column, Table, Tone, age, printable};
 use crate::report::{self, Options};
 
+/// Exit code after SIGINT/SIGTERM (128 + SIGINT, as shells report it).
+pub const INTERRUPTED: i32 = 130;
+
 /// `sessions`: one pass, then the report on stdout and one line per
-/// failed source on stderr. Exit code 0 when every source answered.
-pub async fn sessions(config: Config, options: Options) -> Result<i32, Error> {
+/// failed source on stderr. Exit code 0 when every source answered. A
+/// signal stops the pass and still logs out.
+pub async fn sessions(
+    config: Config,
+    options: Options,
+    shutdown: impl Future<Output = ()>,
+) -> Result<i32, Error> {
     let cycle = build_inspector(&config).await?;
-    let (input, failures) = cycle.inspect().await;
+    let inspected = tokio::select! {
+        inspected = cycle.inspect() => Some(inspected),
+        () = shutdown => None,
+    };
     cycle.logout_vcenters().await;
+    let Some((input, failures)) = inspected else {
+        eprintln!("error: interrupted by a signal");
+        return Ok(INTERRUPTED);
+    };
     let inventory = Inventory::build(&input, failures, now_ms());
     write_stdout(&report::render(&inventory, &options));
     Ok(report_failures(&inventory.failures))
@@ -34,10 +50,28 @@ pub async fn sessions(config: Config, options: Options) -> Result<i32, Error> {
 
 /// `reap`: one pass, the candidates, then (with `apply`) the second
 /// listing and the terminations. Exit code 0 when every source answered
-/// and every termination succeeded.
-pub async fn reap(config: Config, apply: bool, terminal: Terminal) -> Result<i32, Error> {
-    let rules = &config.reaper;
+/// and every termination succeeded. A signal stops it (no termination
+/// starts after it) and still logs out.
+pub async fn reap(
+    config: Config,
+    apply: bool,
+    terminal: Terminal,
+    shutdown: impl Future<Output = ()>,
+) -> Result<i32, Error> {
     let cycle = build_inspector(&config).await?;
+    let code = tokio::select! {
+        code = reap_pass(&config, &cycle, apply, terminal) => code,
+        () = shutdown => {
+            eprintln!("error: interrupted by a signal");
+            INTERRUPTED
+        }
+    };
+    cycle.logout_vcenters().await;
+    Ok(code)
+}
+
+async fn reap_pass(config: &Config, cycle: &Cycle, apply: bool, terminal: Terminal) -> i32 {
+    let rules = &config.reaper;
     let (input, failures) = cycle.inspect().await;
     let inventory = Inventory::build(&input, failures, now_ms());
     if rules.users.is_empty() {
@@ -98,7 +132,7 @@ pub async fn reap(config: Config, apply: bool, terminal: Terminal) -> Result<i32
             humantime::format_duration(rules.recheck_delay)
         ));
         write_stdout(&out);
-        let pass = reaper::run(&cycle, &inventory, &input, rules, true).await;
+        let pass = reaper::run(cycle, &inventory, &input, rules, true).await;
         let count = |word: &str| {
             pass.actions
                 .iter()
@@ -118,13 +152,12 @@ pub async fn reap(config: Config, apply: bool, terminal: Terminal) -> Result<i32
         out.push_str("Nothing to terminate.\n");
         write_stdout(&out);
     }
-    cycle.logout_vcenters().await;
     let mut code = report_failures(&inventory.failures);
     if failed > 0 {
         eprintln!("error: {failed} terminations failed (see the warnings above)");
         code = 1;
     }
-    Ok(code)
+    code
 }
 
 /// After a cycle of `start` with `reaper.enabled`: the same choice and

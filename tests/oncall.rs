@@ -1118,3 +1118,39 @@ async fn start_with_the_reaper_applied_frees_the_leaks_within_two_cycles() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_while_reap_waits_to_confirm_terminates_nothing_and_logs_out() {
+    let world = World::seed().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = without_reporter(&world.listed().await);
+    let config = world.config("int.yaml", &reaper("['ci_user_0[12]']", 100, "1s"));
+    let path = world.dir.path().join("int.out");
+    let child = Command::new(BIN)
+        .args(args(&["reap", "--apply"], &config))
+        .env_clear()
+        .stdout(std::fs::File::create(&path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&path)
+        .unwrap_or_default()
+        .contains("Listing again in")
+    {
+        assert!(Instant::now() < deadline, "no candidates listed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SIGTERM, as Kubernetes or `timeout` sends; Ctrl-C (SIGINT) takes the
+    // same path.
+    let mut reporter = Reporter::adopt(child, path.clone());
+    reporter.terminate();
+    let status = reporter.wait_exit(Duration::from_secs(15));
+    assert_eq!(status.code(), Some(130), "{}", reporter.log());
+    let listed = world.listed().await;
+    assert_eq!(without_reporter(&listed), before, "nothing was terminated");
+    assert!(
+        listed.values().all(|s| s.user_agent != REPORTER_AGENT),
+        "the reporter logged out"
+    );
+}

@@ -135,15 +135,30 @@ fn json(inventory: &Inventory, filters: &Filters) -> String {
                 })
         })
         .collect();
-    let document = serde_json::json!({
-        "generated_at": inventory.generated_at,
-        "complete": inventory.complete,
-        "failures": inventory.failures,
-        "prow_up": inventory.prow_up,
-        "vcenters": inventory.vcenters.iter().filter(|v| filters.vcenter(&v.vcenter)).collect::<Vec<_>>(),
-        "jobs": jobs,
-        "sessions": sessions,
-    });
+    // Borrowed, in the inventory's field order: no copy of the sessions.
+    #[derive(serde::Serialize)]
+    struct Document<'a> {
+        generated_at: &'a str,
+        complete: bool,
+        failures: &'a [String],
+        prow_up: bool,
+        vcenters: Vec<&'a crate::inventory::VcenterSummary>,
+        jobs: Vec<&'a crate::inventory::JobEntry>,
+        sessions: Vec<&'a SessionEntry>,
+    }
+    let document = Document {
+        generated_at: &inventory.generated_at,
+        complete: inventory.complete,
+        failures: &inventory.failures,
+        prow_up: inventory.prow_up,
+        vcenters: inventory
+            .vcenters
+            .iter()
+            .filter(|v| filters.vcenter(&v.vcenter))
+            .collect(),
+        jobs,
+        sessions,
+    };
     let mut text = serde_json::to_string_pretty(&document).unwrap_or_default();
     text.push('\n');
     text
