@@ -211,9 +211,10 @@ pub async fn run(
             let (stop_tx, stop_rx) = watch::channel(false);
             let server = if config.listen_port != 0 {
                 let (listener, addr) = listen(&config).await?;
-                info!(address = %addr, "Serving /metrics and /healthz");
+                info!(address = %addr, "Serving /metrics, /healthz and /livez");
                 let stopped = wait_for(stop_rx.clone());
-                Some(tokio::spawn(scrape::serve(listener, latest, stopped)))
+                let gap = config.schedule.longest_gap();
+                Some(tokio::spawn(scrape::serve(listener, latest, gap, stopped)))
             } else {
                 None
             };

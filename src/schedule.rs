@@ -77,6 +77,25 @@ impl Schedule {
     }
 }
 
+impl Schedule {
+    /// The longest time between two cycles: the interval, or for cron the
+    /// widest gap among its next 500 fire times (a week of hourly ticks,
+    /// every weekday of a weekday schedule). `None` for an expression that
+    /// never fires again.
+    pub fn longest_gap(&self) -> Option<Duration> {
+        match self {
+            Schedule::Interval(period) => Some(*period),
+            Schedule::Cron(expr) => {
+                let times = upcoming(expr, Utc::now(), 500).ok()?;
+                times
+                    .windows(2)
+                    .filter_map(|w| (w[1] - w[0]).to_std().ok())
+                    .max()
+            }
+        }
+    }
+}
+
 impl fmt::Display for Schedule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -385,6 +404,23 @@ mod tests {
             Schedule::Cron(expr) => expr,
             other => panic!("expected a cron schedule, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_longest_gap_is_the_interval_or_the_widest_cron_gap() {
+        assert_eq!(
+            Schedule::parse("90s").unwrap().longest_gap(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            Schedule::cron("*/5 * * * *").unwrap().longest_gap(),
+            Some(Duration::from_secs(300))
+        );
+        // Weekdays at 09:00: Friday to Monday is the widest gap.
+        assert_eq!(
+            Schedule::cron("0 9 * * 1-5").unwrap().longest_gap(),
+            Some(Duration::from_secs(3 * 86_400))
+        );
     }
 
     #[test]

@@ -175,6 +175,19 @@ async fn every_panel_query_returns_the_series_the_ci_world_implies() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let at = now();
+    // The probes the Kubernetes manifests use: ready, and alive because
+    // cycles keep finishing.
+    for (path, want) in [
+        ("healthz", "ok\n"),
+        ("livez", "ok: the last cycle finished "),
+    ] {
+        let response = reqwest::get(format!("http://127.0.0.1:{port}/{path}"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "/{path}");
+        let body = response.text().await.unwrap();
+        assert!(body.starts_with(want), "/{path}: {body:?}");
+    }
 
     let expectations = expectations();
     let mut checked = 0;

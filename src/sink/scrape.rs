@@ -1,4 +1,5 @@
-//! The local `/metrics` endpoint kept for scrapers, and `/healthz`.
+//! The local `/metrics` endpoint kept for scrapers, `/healthz` (ready:
+//! the process serves) and `/livez` (alive: cycles keep finishing).
 //!
 //! It serves the latest cycle's snapshot as it is: a scrape never triggers a
 //! vCenter call (the original exporter logged in to vCenter on every scrape,
@@ -6,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::State;
@@ -19,43 +21,126 @@ use crate::metrics::Snapshot;
 /// Content type of the text exposition format 0.0.4.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// The snapshot the endpoint serves, replaced by each cycle.
-#[derive(Debug, Default)]
-pub struct LatestSnapshot(RwLock<Option<Arc<Snapshot>>>);
+/// The snapshot the endpoint serves, replaced by each cycle, and when.
+#[derive(Debug)]
+pub struct LatestSnapshot {
+    latest: RwLock<Option<(Arc<Snapshot>, Instant)>>,
+    started: Instant,
+}
+
+impl Default for LatestSnapshot {
+    fn default() -> Self {
+        LatestSnapshot {
+            latest: RwLock::new(None),
+            started: Instant::now(),
+        }
+    }
+}
 
 impl LatestSnapshot {
     pub fn set(&self, snapshot: Arc<Snapshot>) {
         // A poisoned lock only means a reader panicked while cloning an Arc;
         // the value inside is still whole.
-        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(snapshot);
+        *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Some((snapshot, Instant::now()));
     }
 
     pub fn get(&self) -> Option<Arc<Snapshot>> {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(s, _)| s.clone())
+    }
+
+    /// When the last cycle finished, if one did.
+    fn finished_at(&self) -> Option<Instant> {
+        self.latest
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(_, at)| *at)
     }
 }
 
-/// The router: `/metrics` and `/healthz`.
-pub fn router(latest: Arc<LatestSnapshot>) -> Router {
+/// How many of the schedule's longest gaps may pass without a finished
+/// cycle before `/livez` fails and Kubernetes restarts the process.
+pub const LIVENESS_GAPS: u32 = 3;
+
+/// What the endpoint knows to answer `/livez`.
+#[derive(Debug, Clone)]
+struct Endpoint {
+    latest: Arc<LatestSnapshot>,
+    /// The schedule's longest gap between cycles (`None`: never stale).
+    gap: Option<Duration>,
+}
+
+/// `/livez`: alive while the last cycle finished (or, before the first,
+/// the process started) at most [`LIVENESS_GAPS`] gaps ago. A cycle is
+/// bounded by its sources' timeouts, so only a stuck process misses that.
+pub fn liveness(
+    finished: Option<Instant>,
+    started: Instant,
+    now: Instant,
+    gap: Option<Duration>,
+) -> Result<String, String> {
+    let since = now.saturating_duration_since(finished.unwrap_or(started));
+    let what = if finished.is_some() {
+        "the last cycle finished"
+    } else {
+        "started, no cycle finished yet,"
+    };
+    let Some(gap) = gap else {
+        return Ok(format!("ok: {what} {}s ago\n", since.as_secs()));
+    };
+    let limit = gap.saturating_mul(LIVENESS_GAPS);
+    if since > limit {
+        Err(format!(
+            "stuck: {what} {}s ago, more than {LIVENESS_GAPS} times the schedule's {}s\n",
+            since.as_secs(),
+            gap.as_secs()
+        ))
+    } else {
+        Ok(format!("ok: {what} {}s ago\n", since.as_secs()))
+    }
+}
+
+/// The router: `/metrics`, `/healthz` and `/livez`. `gap` is the
+/// schedule's longest gap between cycles.
+pub fn router(latest: Arc<LatestSnapshot>, gap: Option<Duration>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(latest)
+        .route("/livez", get(livez))
+        .with_state(Endpoint { latest, gap })
 }
 
 /// Serve until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     latest: Arc<LatestSnapshot>,
+    gap: Option<Duration>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(latest))
+    axum::serve(listener, router(latest, gap))
         .with_graceful_shutdown(shutdown)
         .await
 }
 
-async fn metrics(State(latest): State<Arc<LatestSnapshot>>) -> Response {
-    match latest.get() {
+async fn livez(State(endpoint): State<Endpoint>) -> Response {
+    let latest = &endpoint.latest;
+    match liveness(
+        latest.finished_at(),
+        latest.started,
+        Instant::now(),
+        endpoint.gap,
+    ) {
+        Ok(text) => text.into_response(),
+        Err(text) => (StatusCode::SERVICE_UNAVAILABLE, text).into_response(),
+    }
+}
+
+async fn metrics(State(endpoint): State<Endpoint>) -> Response {
+    match endpoint.latest.get() {
         Some(snapshot) => (
             [(header::CONTENT_TYPE, TEXT_CONTENT_TYPE)],
             snapshot.render_text(),
@@ -68,5 +153,29 @@ async fn metrics(State(latest): State<Arc<LatestSnapshot>>) -> Response {
             "no cycle has completed yet\n",
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alive_until_three_gaps_pass_without_a_finished_cycle() {
+        let t0 = Instant::now();
+        let gap = Some(Duration::from_secs(60));
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Before the first cycle, counted from the start.
+        assert!(liveness(None, t0, at(179), gap).is_ok());
+        assert!(liveness(None, t0, at(181), gap).is_err());
+        // After cycles, counted from the last one.
+        assert!(liveness(Some(at(100)), t0, at(280), gap).is_ok());
+        let stuck = liveness(Some(at(100)), t0, at(281), gap).unwrap_err();
+        assert_eq!(
+            stuck,
+            "stuck: the last cycle finished 181s ago, more than 3 times the schedule's 60s\n"
+        );
+        // A schedule that never fires again is never stale.
+        assert!(liveness(Some(at(0)), t0, at(1_000_000), None).is_ok());
     }
 }
