@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README "Test it"): installs what the tests need,
-# builds the vCenter simulator, checks formatting and lints, and runs every
+# builds the vCenter simulator, checks formatting, lints, the alert rules and
+# the Kubernetes manifests, and runs every
 # test against real peers on 127.0.0.1 (vcsim, Prometheus 2.42,
 # VictoriaMetrics, the Pushgateway; the tests start and stop them).
 set -euo pipefail
@@ -23,6 +24,23 @@ promtool check rules config/alerts.yaml
 
 log "promtool test rules config/alerts_test.yaml"
 promtool test rules config/alerts_test.yaml
+
+log "Kubernetes manifests: kubectl kustomize, then schemas and pod security"
+# A virtualenv of pinned packages (scripts/requirements-validate.txt), made
+# once and remade when the pins change.
+venv=target/venv-validate
+if ! cmp -s scripts/requirements-validate.txt "$venv/requirements.txt"; then
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check --require-virtualenv \
+    -r scripts/requirements-validate.txt
+  cp scripts/requirements-validate.txt "$venv/requirements.txt"
+fi
+command -v kubectl >/dev/null || { echo "kubectl (with kustomize) is needed to render config/kubernetes"; exit 1; }
+kubectl kustomize config/kubernetes | "$venv/bin/python" scripts/validate-manifests.py config/kubernetes
+for overlay in cronjob ha; do
+  kubectl kustomize "config/overlays/$overlay" | "$venv/bin/python" scripts/validate-manifests.py "config/overlays/$overlay"
+done
 
 log "cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings

@@ -212,6 +212,12 @@ pub struct Flags {
     #[arg(long, env = "PUSHGATEWAY", value_name = "URL")]
     pub pushgateway: Option<String>,
 
+    /// Label added to every pushed series, `name=value` (repeatable; over
+    /// `external_labels` of the file). An HA pair gives each replica its own,
+    /// e.g. `--external-label=replica=$(POD_NAME)` in Kubernetes.
+    #[arg(long = "external-label", value_name = "NAME=VALUE")]
+    pub external_label: Vec<String>,
+
     /// Pushgateway job name [default: vsphere-ci-session-metrics].
     #[arg(long, env = "PUSHGATEWAY_JOB", value_name = "JOB")]
     pub pushgateway_job: Option<String>,

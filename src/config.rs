@@ -286,7 +286,7 @@ pub fn merge(flags: &Flags, file: FileConfig, origin: &str) -> Result<Config, Er
     let listen_address = listen_address_config(flags, &file, &at)?;
     let remote_write = remote_write_config(flags, file.remote_write)?;
     let pushgateway = pushgateway_config(flags, file.pushgateway, origin)?;
-    let external_labels = external_labels_config(file.external_labels, &at)?;
+    let external_labels = external_labels_config(flags, file.external_labels, &at)?;
     Ok(Config {
         vcenters,
         prow,
@@ -639,21 +639,33 @@ fn remote_write_config(
 }
 
 /// External labels: empty values dropped, names valid.
+/// The file's `external_labels`, then each `--external-label` over the one
+/// of the same name.
 fn external_labels_config(
-    labels: BTreeMap<String, String>,
+    flags: &Flags,
+    mut labels: BTreeMap<String, String>,
     at: &dyn Fn(&str) -> String,
 ) -> Result<Vec<(String, String)>, Error> {
-    let mut external_labels: Vec<(String, String)> = labels.into_iter().collect();
-    external_labels.retain(|(_, v)| !v.is_empty());
-    for (name, _) in &external_labels {
+    let check = |name: &str, origin: &str| {
         if !crate::metrics::is_valid_label_name(name) || name == "__name__" {
             return Err(Error::Config(format!(
-                "{}: {name:?} is not a valid label name",
-                at("external_labels")
+                "{origin}: {name:?} is not a valid label name"
             )));
         }
+        Ok(())
+    };
+    for name in labels.keys() {
+        check(name, &at("external_labels"))?;
     }
-
+    for pair in &flags.external_label {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| Error::Config(format!("--external-label {pair:?}: want NAME=VALUE")))?;
+        check(name, "--external-label")?;
+        labels.insert(name.to_string(), value.to_string());
+    }
+    let mut external_labels: Vec<(String, String)> = labels.into_iter().collect();
+    external_labels.retain(|(_, v)| !v.is_empty());
     Ok(external_labels)
 }
 
@@ -1524,6 +1536,48 @@ mod tests {
                 });
             let err = result.expect_err(text);
             assert!(err.contains(want), "{text}: want {want:?}, got {err:?}");
+        }
+    }
+
+    #[test]
+    fn external_label_flags_add_to_the_file_and_win_over_it() {
+        let file = yaml(
+            "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\nexternal_labels: {cluster: ci, replica: x}\n",
+        );
+        let flags = Flags {
+            external_label: vec![
+                "replica=vsphere-ci-session-metrics-7d9f-abcde".into(),
+                "zone=east".into(),
+            ],
+            ..Flags::default()
+        };
+        let config = merge(&flags, file, "c.yaml").unwrap();
+        assert_eq!(
+            config.external_labels,
+            [
+                ("cluster".to_string(), "ci".to_string()),
+                (
+                    "replica".to_string(),
+                    "vsphere-ci-session-metrics-7d9f-abcde".to_string()
+                ),
+                ("zone".to_string(), "east".to_string()),
+            ]
+        );
+        for (bad, want) in [
+            ("replica", "want NAME=VALUE"),
+            ("0x=1", "is not a valid label name"),
+        ] {
+            let flags = Flags {
+                external_label: vec![bad.into()],
+                ..Flags::default()
+            };
+            let file =
+                yaml("vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n");
+            let err = merge(&flags, file, "c.yaml").unwrap_err().to_string();
+            assert!(
+                err.contains("--external-label") && err.contains(want),
+                "{err}"
+            );
         }
     }
 

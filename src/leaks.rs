@@ -25,7 +25,8 @@
 //! whose users are not known yet may log in as anyone, so a session it
 //! could have opened (logged in after it started, or its start unknown) is
 //! not `no_running_job` or `predates_running_jobs`. Never orphaned: the
-//! reporter's own session, extension sessions, and excluded users.
+//! reporter's own session (and its HA twin's), extension sessions, and
+//! excluded users.
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
@@ -175,6 +176,17 @@ pub struct ReporterIdentity {
     pub user_agent: String,
 }
 
+impl ReporterIdentity {
+    /// Whether a session of the reporter's user with this agent is a
+    /// reporter's: its own agent, or any agent starting with the default
+    /// one, so the other replica of an HA pair (agents
+    /// `vsphere-ci-session-metrics/<pod>`) and a `sessions` or `reap` run
+    /// are never taken for leaks.
+    pub fn is_agent(&self, agent: &str) -> bool {
+        agent == self.user_agent || agent.starts_with(crate::config::DEFAULT_USER_AGENT)
+    }
+}
+
 /// Lookups built once per vCenter and cycle, so each session costs a few
 /// hash lookups whatever the number of jobs.
 struct Index<'a> {
@@ -274,7 +286,7 @@ fn classify_one(session: &UserSession, facts: &VcenterFacts<'_>, index: &Index<'
     let rules = facts.rules;
     let user = normalize_username(&session.user_name);
     let reporter = &observation.reporter;
-    if user == reporter.username && session.user_agent == reporter.user_agent {
+    if user == reporter.username && reporter.is_agent(&session.user_agent) {
         return Verdict::Reporter;
     }
     if session.extension_session || rules.exclude_users.iter().any(|re| re.is_match(&user)) {
@@ -756,6 +768,13 @@ mod tests {
                 ),
                 // Same user, another agent: not the reporter's session.
                 session("reporter@vsphere.local", "govc", "10.0.0.1", LATER),
+                // The other replica of an HA pair.
+                session(
+                    "reporter@vsphere.local",
+                    "vsphere-ci-session-metrics/vsphere-ci-session-metrics-7d9f-abcde",
+                    "10.0.0.2",
+                    LATER,
+                ),
                 extension,
                 session(
                     r"VSPHERE.LOCAL\vpxd-extension-1b2c3d4e",
@@ -777,6 +796,7 @@ mod tests {
             vec![
                 Verdict::Reporter,
                 orphaned(OrphanReason::NoRunningJob, None),
+                Verdict::Reporter,
                 Verdict::Exempt,
                 Verdict::Exempt,
                 Verdict::Exempt,

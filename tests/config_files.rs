@@ -68,21 +68,142 @@ fn the_example_config_file_is_valid() {
     );
 }
 
+/// `kubectl kustomize DIR`, as objects.
+fn kustomize(dir: &str) -> Vec<serde_yaml::Value> {
+    let out = std::process::Command::new("kubectl")
+        .args(["kustomize", dir])
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl (with kustomize) must be installed: {e}"));
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| serde_yaml::Value::deserialize(doc).unwrap())
+        .collect()
+}
+
+fn kinds(objects: &[serde_yaml::Value]) -> Vec<String> {
+    let mut kinds: Vec<String> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap().to_string())
+        .collect();
+    kinds.sort();
+    kinds
+}
+
+/// The pod templates' containers of the rendered objects.
+fn containers(objects: &[serde_yaml::Value]) -> Vec<&serde_yaml::Value> {
+    objects
+        .iter()
+        .filter_map(|o| match o["kind"].as_str() {
+            Some("Deployment") => Some(&o["spec"]["template"]["spec"]["containers"]),
+            Some("CronJob") => {
+                Some(&o["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"])
+            }
+            _ => None,
+        })
+        .flat_map(|c| c.as_sequence().unwrap().iter())
+        .collect()
+}
+
 #[test]
-fn the_kubernetes_manifests_and_alert_rules_are_valid_yaml() {
-    for file in [
-        "config/kubernetes/rbac.yaml",
-        "config/kubernetes/deployment.yaml",
-        "config/kubernetes/cronjob.yaml",
-        "config/alerts.yaml",
-    ] {
-        let text = std::fs::read_to_string(file).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let value =
-                serde_yaml::Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: {e}"));
-            assert!(value.is_mapping(), "{file}: every document is a mapping");
+fn both_kustomizations_render_every_object_and_their_args_parse_with_our_own_cli() {
+    use clap::Parser as _;
+    let base = kustomize("config/kubernetes");
+    assert_eq!(
+        kinds(&base),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "Deployment",
+            "Namespace",
+            "PrometheusRule",
+            "Service",
+            "ServiceAccount",
+            "ServiceMonitor"
+        ]
+    );
+    let cronjob = kustomize("config/overlays/cronjob");
+    assert_eq!(
+        kinds(&cronjob),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "ConfigMap",
+            "CronJob",
+            "Namespace",
+            "PersistentVolumeClaim",
+            "PrometheusRule",
+            "ServiceAccount"
+        ]
+    );
+    // The HA pair: the base with two replicas, each labelling its series.
+    let ha = kustomize("config/overlays/ha");
+    assert_eq!(kinds(&ha), kinds(&base));
+    for (objects, command) in [(&base, "start"), (&cronjob, "once"), (&ha, "start")] {
+        let containers = containers(objects);
+        assert_eq!(containers.len(), 1);
+        let args: Vec<String> = containers[0]["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(args[0], command);
+        let cli = vsphere_ci_session_metrics::cli::Cli::try_parse_from(
+            std::iter::once("vsphere-ci-session-metrics".to_string()).chain(args.clone()),
+        )
+        .unwrap_or_else(|e| panic!("{args:?} do not parse: {e}"));
+        let flags = cli.command.flags();
+        assert_eq!(
+            flags.config.as_deref(),
+            Some(std::path::Path::new("/etc/reporter/config.yaml"))
+        );
+        if std::ptr::eq(objects, &ha) {
+            assert_eq!(flags.external_label, ["replica=$(POD_NAME)"]);
+            assert_eq!(
+                flags.vsphere_user_agent.as_deref(),
+                Some("vsphere-ci-session-metrics/$(POD_NAME)")
+            );
         }
+        // The config file the args name is the ConfigMap mounted there, and
+        // it is config/example.yaml.
+        let map = objects.iter().find(|o| o["kind"] == "ConfigMap").unwrap();
+        assert_eq!(
+            map["data"]["config.yaml"].as_str().unwrap(),
+            std::fs::read_to_string("config/example.yaml").unwrap()
+        );
     }
+}
+
+#[test]
+fn the_prometheus_rule_is_config_alerts_yaml() {
+    let alerts: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string("config/alerts.yaml").unwrap()).unwrap();
+    let path = "config/kubernetes/prometheusrule.yaml";
+    if std::env::var_os("REGENERATE").is_some() {
+        let rule = serde_yaml::to_string(&serde_json::json!({
+            "apiVersion": "monitoring.coreos.com/v1",
+            "kind": "PrometheusRule",
+            "metadata": {"name": "vsphere-ci-session-metrics"},
+            "spec": {"groups": serde_json::to_value(&alerts["groups"]).unwrap()},
+        }))
+        .unwrap();
+        let header = "# Generated from config/alerts.yaml (comments there): do not edit.\n\
+             # REGENERATE=1 cargo test --test config_files the_prometheus_rule rewrites it.\n";
+        std::fs::write(path, format!("{header}{rule}")).unwrap();
+    }
+    let rule: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(rule["kind"], "PrometheusRule");
+    assert_eq!(
+        rule["spec"]["groups"], alerts["groups"],
+        "{path} is out of date: REGENERATE=1 cargo test --test config_files the_prometheus_rule"
+    );
 }
 
 use serde::Deserialize as _;
