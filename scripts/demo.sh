@@ -1,15 +1,33 @@
 #!/usr/bin/env bash
-# One-command demo (README "Run it"): a simulated vCenter with CI users'
-# sessions, a simulated Prow deck and build cluster, a local Prometheus with
-# its remote-write receiver, and the reporter between them. Shows what
-# /metrics serves and what Prometheus stored, then stops everything.
+# One-command demo (README "Run it"): a simulated vCenter with CI sessions,
+# healthy ones and leaks, a simulated Prow deck and build cluster, a local
+# Prometheus with its remote-write receiver, and the reporter between them.
+# Shows what /metrics serves and what Prometheus stored, saves a picture of
+# Prometheus's graph of the sessions by job and user agent, walks through the
+# on-call commands (sessions, reap), then stops everything.
+#
+# Usage: scripts/demo.sh [--keep]
+#   --keep  leave everything running at the end and print the URLs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+keep=false
+case "${1:-}" in
+  --keep) keep=true ;;
+  "") ;;
+  *) echo "usage: $0 [--keep]" >&2; exit 2 ;;
+esac
+
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-say "Installing what is missing (Debian packages: Go, govmomi, Prometheus, curl)"
+say "Installing what is missing (Debian packages: Go, govmomi, Prometheus, curl, Chromium)"
 scripts/install-deps.sh
+if ! command -v chromium >/dev/null; then
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -q
+  "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+fi
 say "Building the vCenter simulator and the reporter"
 scripts/build-vcsim.sh target/peers/vcsim
 cargo build --quiet --bin vsphere-ci-session-metrics --example fake_ci
@@ -17,6 +35,7 @@ cargo build --quiet --bin vsphere-ci-session-metrics --example fake_ci
 work=$(mktemp -d)
 pids=()
 cleanup() {
+  if $keep; then return; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -106,11 +125,11 @@ for _ in $(seq 1 100); do
 done
 echo "  Prometheus at http://127.0.0.1:$prom_port"
 
-say "Running the reporter (cycle every 5s, /metrics and remote-write)"
+say "Running the reporter (cycle every 2s, /metrics and remote-write)"
 port=$(free_port)
 echo "  vsphere-ci-session-metrics start --kubeconfig KUBECONFIG --vsphere $vcsim_url \\"
 echo "      --vsphere-user reporter@vsphere.local --vsphere-passwd-file PASSWORD_FILE --prow $ci_url \\"
-echo "      --listen-port $port --interval 5s --remote-write http://127.0.0.1:$prom_port/api/v1/write"
+echo "      --listen-port $port --interval 2s --remote-write http://127.0.0.1:$prom_port/api/v1/write"
 printf 'demo-password\n' >"$work/password"
 # The leak rules: the administrator is a person, not CI; the reaper may free
 # orphaned sessions of the CI accounts only. The demo's sessions are seconds
@@ -131,7 +150,7 @@ target/debug/vsphere-ci-session-metrics start --config "$work/demo.yaml" \
   --vsphere-passwd-file "$work/password" \
   --prow "$ci_url" \
   --listen-port "$port" \
-  --interval 5s \
+  --interval 2s \
   --remote-write "http://127.0.0.1:$prom_port/api/v1/write" \
   2>"$work/reporter.log" &
 reporter=$!
@@ -161,10 +180,37 @@ for s in json.load(sys.stdin)["data"]["result"]:
 say "/metrics: the leaks, by reason, and the sessions proven to be a running job's"
 grep -E '^vsphere_ci_user_sessions_(orphaned|job_sessions)\{' "$work/metrics"
 
-say "Stopping the reporter (SIGTERM: stale markers, vCenter logout)"
-kill -TERM "$reporter"
-wait "$reporter" || true
-tail -n 4 "$work/reporter.log"
+say "Prometheus's graph of the sessions by CI job and user agent (the original's view)"
+# A few cycles of history first, so the graph has lines.
+query='sum by (ci_job, user_agent) (vsphere_ci_user_sessions_correlated)'
+for _ in $(seq 1 100); do
+  count=$(curl -sf "http://127.0.0.1:$prom_port/api/v1/query" \
+    --data-urlencode "query=count_over_time(vsphere_ci_user_sessions_vcenter_up[1m])" |
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)')
+  [ "${count%.*}" -ge 6 ] && break
+  sleep 0.5
+done
+graph_url="http://127.0.0.1:$prom_port/graph?g0.expr=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1]))' "$query")&g0.tab=0&g0.stacked=1&g0.range_input=1m"
+mkdir -p target/demo
+picture=$PWD/target/demo/demo-sessions.png
+rm -f "$picture"
+# Headless, with nothing that reaches beyond this machine.
+chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
+  --disable-background-networking --disable-component-update --disable-sync \
+  --user-data-dir="$work/chromium" --window-size=1400,900 --hide-scrollbars \
+  --virtual-time-budget=15000 --screenshot="$picture" "$graph_url" >"$work/chromium.log" 2>&1 || true
+if [ -s "$picture" ] && head -c 8 "$picture" | grep -q PNG; then
+  echo "  saved $picture"
+else
+  echo "  Chromium wrote no picture:"; tail -n 5 "$work/chromium.log"; exit 1
+fi
+
+if ! $keep; then
+  say "Stopping the reporter (SIGTERM: stale markers, vCenter logout)"
+  kill -TERM "$reporter"
+  wait "$reporter" || true
+  tail -n 4 "$work/reporter.log"
+fi
 
 # The on-call commands take the same flags and config as the reporter.
 oncall=(--config "$work/demo.yaml" --kubeconfig "$work/kubeconfig" --vsphere "$vcsim_url"
@@ -198,3 +244,15 @@ ok = left == {"orphaned": 0, **want}
 print(("  OK: " if ok else "  UNEXPECTED: ") + ", ".join(f"{k} {v}" for k, v in left.items()))
 sys.exit(0 if ok else 1)
 PY
+
+say "The graph of the sessions by CI job and user agent"
+echo "  $picture"
+if $keep; then
+  say "Still running (--keep): stop them with: kill ${pids[*]}"
+  echo "  vCenter (vcsim):        $vcsim_url/sdk"
+  echo "  Prow deck and Kubernetes API (fake): $ci_url"
+  echo "  Prometheus:             http://127.0.0.1:$prom_port/graph"
+  echo "  the graph above:        $graph_url"
+  echo "  reporter:               http://127.0.0.1:$port/metrics"
+  echo "  files (config, kubeconfig, logs): $work"
+fi
