@@ -53,6 +53,14 @@ cargo test --locked --no-fail-fast 2>&1 | tee "$results"
 status=${PIPESTATUS[0]}
 set -e
 
+# The container image, built and run (slow: a release build inside podman).
+if [ "${CI_IMAGE:-0}" = 1 ]; then
+  log "CI_IMAGE=1: scripts/image.sh"
+  if ! scripts/image.sh; then
+    status=1
+  fi
+fi
+
 # One closing line over every test binary (unit, integration, doc tests).
 echo
 awk '/^test result:/ {
