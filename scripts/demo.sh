@@ -42,24 +42,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Wait for a `NAME=value` line in a file, print the value.
-wait_line() {
-  local file=$1 name=$2
-  for _ in $(seq 1 300); do
-    if grep -q "^$name=" "$file" 2>/dev/null; then
-      grep "^$name=" "$file" | head -1 | cut -d= -f2-
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "timed out waiting for $name in $file" >&2
-  cat "$file" >&2
-  return 1
-}
-
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 
 say "Starting vcsim with CI sessions: healthy ones and leaks (user, user agent, count)"
 # Healthy: job 0001's CSI driver names its cluster (infraID ci-op-demo0001-a1b2c)

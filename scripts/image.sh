@@ -115,22 +115,8 @@ echo "    built $tag in ${build_seconds}s; $((size / 1024 / 1024)) MiB"
 log "Peers: vcsim, the fake deck and build cluster, Prometheus"
 scripts/build-vcsim.sh target/peers/vcsim >/dev/null
 cargo build --quiet --example fake_ci
-wait_line() {
-  local file=$1 name=$2
-  for _ in $(seq 1 300); do
-    if grep -q "^$name=" "$file" 2>/dev/null; then
-      grep "^$name=" "$file" | head -1 | cut -d= -f2-
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "timed out waiting for $name in $file" >&2
-  cat "$file" >&2
-  return 1
-}
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 target/peers/vcsim -session "ci-user-1@vsphere.local,openshift-install,2" \
   -session 'VSPHERE.LOCAL\ci-user-1,k8s-csi-useragent-ci-op-demo0001-a1b2c,2' \
   >"$work/vcsim.out" 2>"$work/vcsim.err" &
