@@ -34,8 +34,10 @@ cargo build --quiet --bin vsphere-ci-session-metrics --example fake_ci
 
 work=$(mktemp -d)
 pids=()
+finished=false
 cleanup() {
-  if $keep; then return; fi
+  # --keep leaves everything running only after a demo that got to its end.
+  if $keep && $finished; then return; fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -107,6 +109,7 @@ for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$prom_port/-/ready" >/dev/null && break
   sleep 0.1
 done
+curl -sf "http://127.0.0.1:$prom_port/-/ready" >/dev/null || { echo "Prometheus did not start:"; cat "$work/prometheus.log"; exit 1; }
 echo "  Prometheus at http://127.0.0.1:$prom_port"
 
 say "Running the reporter (cycle every 2s, /metrics and remote-write)"
@@ -170,7 +173,8 @@ query='sum by (ci_job, user_agent) (vsphere_ci_user_sessions_correlated)'
 for _ in $(seq 1 100); do
   count=$(curl -sf "http://127.0.0.1:$prom_port/api/v1/query" \
     --data-urlencode "query=count_over_time(vsphere_ci_user_sessions_vcenter_up[1m])" |
-    python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)')
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["data"]["result"]; print(r[0]["value"][1] if r else 0)' ||
+    echo 0)
   [ "${count%.*}" -ge 6 ] && break
   sleep 0.5
 done
@@ -206,10 +210,10 @@ say "On call: vsphere-ci-session-metrics sessions (who holds the sessions)"
 say "On call: vsphere-ci-session-metrics sessions --orphaned (what no running job can own)"
 "$cli" sessions --orphaned "${oncall[@]}"
 say "On call: vsphere-ci-session-metrics reap (a dry run: what would be freed)"
-"$cli" reap "${oncall[@]}" 2>/dev/null
+"$cli" reap "${oncall[@]}" 2>"$work/dry-run.log" || { echo "reap failed:"; cat "$work/dry-run.log"; exit 1; }
 say "On call: vsphere-ci-session-metrics reap --apply"
-"$cli" reap --apply "${oncall[@]}" 2>"$work/reap.log"
-grep 'Terminated a leaked session' "$work/reap.log" | sed 's/^/  /'
+"$cli" reap --apply "${oncall[@]}" 2>"$work/reap.log" || { echo "reap --apply failed:"; cat "$work/reap.log"; exit 1; }
+grep 'Terminated a leaked session' "$work/reap.log" | sed 's/^/  /' || true
 say "After: sessions --orphaned"
 "$cli" sessions --orphaned "${oncall[@]}"
 
@@ -231,6 +235,7 @@ PY
 
 say "The graph of the sessions by CI job and user agent"
 echo "  $picture"
+finished=true
 if $keep; then
   say "Still running (--keep): stop them with: kill ${pids[*]}"
   echo "  vCenter (vcsim):        $vcsim_url/sdk"

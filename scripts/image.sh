@@ -137,6 +137,7 @@ for _ in $(seq 1 100); do
   curl -sf "http://127.0.0.1:$prom_port/-/ready" >/dev/null && break
   sleep 0.1
 done
+curl -sf "http://127.0.0.1:$prom_port/-/ready" >/dev/null || { echo "Prometheus did not start:"; cat "$work/prometheus.log"; exit 1; }
 printf 'demo-password\n' >"$work/in/password"
 chmod -R a+rX "$work/in"
 
@@ -168,9 +169,12 @@ user=$("${podman[@]}" image inspect -f '{{.Config.User}}' "$tag")
 uid=$("${run[@]}" --entrypoint /usr/bin/id "$tag" -u)
 echo "    image user $user, process uid $uid"
 [ "$user" = "65532:65532" ] && [ "$uid" = "65532" ] || exit 1
-if "${run[@]}" --entrypoint /usr/bin/touch "$tag" /usr/local/bin/x 2>/dev/null; then
+# As root, so only the read-only mount (not file permissions) can refuse.
+if "${run[@]}" --user 0 --entrypoint /usr/bin/touch "$tag" /probe 2>/dev/null; then
   echo "the root filesystem is writable"; exit 1
 fi
-echo "    writing to / fails, as it should"
+# And the check itself works: without --read-only, root may write there.
+"${podman[@]}" run --rm --network host "${limits[@]}" --user 0 --entrypoint /usr/bin/touch "$tag" /probe
+echo "    writing to / fails with --read-only (and works without it), as it should"
 
 log "Image $tag: $((size / 1024 / 1024)) MiB, built in ${build_seconds}s; whole script $((SECONDS - started))s"

@@ -11,7 +11,9 @@ naming the object; the exit status is 1 when any object fails.
   the fields such objects use; unknown fields are errors here too.
 - Pod templates: the `restricted` Pod Security Standard (non-root, no
   privilege escalation, every capability dropped, RuntimeDefault or Localhost
-  seccomp, allowed volume types, no host namespaces, ports or paths), plus what
+  seccomp, allowed volume types, no host namespaces, ports or paths, safe
+  sysctls only, no host process, SELinux, AppArmor and procMount left at their
+  defaults; init and ephemeral containers too), plus what
   this project requires: a read-only root filesystem, requests and limits, and
   probes for long-running pods.
 - RBAC: read-only verbs and no wildcards.
@@ -163,9 +165,30 @@ def restricted(obj, spec):
         kinds = set(volume) - {"name"}
         if not kinds <= ALLOWED_VOLUMES:
             return f"volume {volume['name']} is of a type restricted forbids: {sorted(kinds)}"
-    containers = spec.get("containers", []) + spec.get("initContainers", [])
+    safe_sysctls = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range",
+                    "net.ipv4.ip_unprivileged_port_start", "net.ipv4.tcp_syncookies",
+                    "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                    "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout",
+                    "net.ipv4.tcp_keepalive_intvl", "net.ipv4.tcp_keepalive_probes"}
+    for sysctl in pod.get("sysctls", []):
+        if sysctl.get("name") not in safe_sysctls:
+            return f"sysctl {sysctl.get('name')} is not in the safe set"
+    containers = (spec.get("containers", []) + spec.get("initContainers", [])
+                  + spec.get("ephemeralContainers", []))
     if not containers:
         return "no containers"
+    for context, where in [(pod, "pod")] + [(c.get("securityContext", {}), c["name"]) for c in containers]:
+        if context.get("windowsOptions", {}).get("hostProcess"):
+            return f"{where}: windowsOptions.hostProcess"
+        selinux_type = context.get("seLinuxOptions", {}).get("type")
+        if selinux_type not in (None, "", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"):
+            return f"{where}: seLinuxOptions.type {selinux_type}"
+        if context.get("seLinuxOptions", {}).get("user") or context.get("seLinuxOptions", {}).get("role"):
+            return f"{where}: seLinuxOptions user or role set"
+        if context.get("appArmorProfile", {}).get("type") not in (None, "RuntimeDefault", "Localhost"):
+            return f"{where}: appArmorProfile {context['appArmorProfile']['type']}"
+        if context.get("procMount") not in (None, "Default"):
+            return f"{where}: procMount {context['procMount']}"
     for c in containers:
         sc = c.get("securityContext", {})
         name = c["name"]

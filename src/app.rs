@@ -126,15 +126,7 @@ pub async fn build_cycle(config: &Config) -> Result<(Cycle, Arc<LatestSnapshot>)
     }
 
     let latest = Arc::new(LatestSnapshot::default());
-    // Four requests' worth: service content, login, the list and one more
-    // page or a re-login.
-    let vcenter_timeout = config
-        .vcenters
-        .iter()
-        .map(|v| v.timeout)
-        .max()
-        .unwrap_or(crate::config::DEFAULT_VCENTER_TIMEOUT)
-        * 4;
+    let (vcenter_timeout, _) = vcenter_budgets(config);
     let sources = Sources {
         vcenters,
         vcenter_timeout,
@@ -206,6 +198,8 @@ pub async fn run(
             if let Some(path) = &config.state_file {
                 warn!(file = %path.display(), "The state file is for once only; start keeps its state in memory");
             }
+            let gap = config.schedule.longest_gap();
+            let reaper_budget = config.reaper.enabled.then(|| reaper_budget(&config, gap));
             // One shutdown signal fans out to the HTTP server and the
             // schedule.
             let (stop_tx, stop_rx) = watch::channel(false);
@@ -213,8 +207,10 @@ pub async fn run(
                 let (listener, addr) = listen(&config).await?;
                 info!(address = %addr, "Serving /metrics, /healthz and /livez");
                 let stopped = wait_for(stop_rx.clone());
-                let gap = config.schedule.longest_gap();
-                Some(tokio::spawn(scrape::serve(listener, latest, gap, stopped)))
+                let limit = scrape::liveness_limit(gap, longest_cycle(&config, reaper_budget));
+                Some(tokio::spawn(scrape::serve(
+                    listener, latest, limit, stopped,
+                )))
             } else {
                 None
             };
@@ -229,8 +225,8 @@ pub async fn run(
                     let runner = runner.clone();
                     async move {
                         let report = runner.run().await;
-                        if runner.reaper_config().enabled {
-                            crate::oncall::reap_after_cycle(&runner, report).await;
+                        if let Some(budget) = reaper_budget {
+                            crate::oncall::reap_after_cycle(&runner, report, budget).await;
                         }
                     }
                 },
@@ -265,6 +261,41 @@ pub async fn run(
             result.map(|()| 0)
         }
     }
+}
+
+/// The longest a cycle may take by its budgets (vCenters and Prow at once,
+/// then the CI users; a cycle of `start` only hands its snapshot to the
+/// senders), plus the reaper's pass after it when there is one.
+fn longest_cycle(config: &Config, reaper_budget: Option<Duration>) -> Duration {
+    let (vcenters, _) = vcenter_budgets(config);
+    let gather = vcenters.max(config.prow_timeout) + config.kube_timeout * 4;
+    gather + reaper_budget.map_or(Duration::ZERO, |b| b + request_timeout(config))
+}
+
+/// When the reaper's pass after a cycle stops starting terminations: one
+/// interval, or its wait and second listing when those are longer.
+fn reaper_budget(config: &Config, gap: Option<Duration>) -> Duration {
+    let (vcenters, _) = vcenter_budgets(config);
+    let floor = config.reaper.recheck_delay + vcenters;
+    gap.unwrap_or(floor).max(floor)
+}
+
+/// The longest SOAP request of any vCenter.
+fn request_timeout(config: &Config) -> Duration {
+    vcenter_budgets(config).1
+}
+
+/// (one vCenter's whole listing, one SOAP request), the longest over the
+/// vCenters: four requests' worth for a listing (service content, login,
+/// the list and one more page or a re-login).
+fn vcenter_budgets(config: &Config) -> (Duration, Duration) {
+    let request = config
+        .vcenters
+        .iter()
+        .map(|v| v.timeout)
+        .max()
+        .unwrap_or(crate::config::DEFAULT_VCENTER_TIMEOUT);
+    (request * 4, request)
 }
 
 /// The cycle of `sessions` and `reap`: the same sources as `once`, no

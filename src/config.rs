@@ -411,6 +411,13 @@ fn vcenters_config(
             "--vsphere (VSPHERE) is required (or vcenters in the --config file): the vCenter host whose sessions to list".into(),
         ));
     }
+    // The reporter's user agent is its own, whichever vCenter: the flag
+    // overrides every entry of the file (an HA replica names itself).
+    if let Some(agent) = &flags.vsphere_user_agent {
+        for vc in &mut vcenters {
+            vc.user_agent = agent.clone();
+        }
+    }
     if let Some(ca) = flags.vsphere_ca_file.as_ref().filter(|p| !p.is_file()) {
         return Err(Error::Config(format!(
             "--vsphere-ca-file (VSPHERE_CA_FILE) {}: no such file",
@@ -1537,6 +1544,24 @@ mod tests {
             let err = result.expect_err(text);
             assert!(err.contains(want), "{text}: want {want:?}, got {err:?}");
         }
+    }
+
+    #[test]
+    fn the_user_agent_flag_names_the_reporter_on_every_vcenter_of_the_file() {
+        let file = yaml(
+            "vcenters:\n  - url: a.example.com\n    username: u\n    password: p\n  - url: b.example.com\n    username: u\n    password: p\n    user_agent: from-file\n",
+        );
+        let flags = Flags {
+            vsphere_user_agent: Some("vsphere-ci-session-metrics/pod-a".into()),
+            ..Flags::default()
+        };
+        let config = merge(&flags, file, "c.yaml").unwrap();
+        let agents: Vec<&str> = config
+            .vcenters
+            .iter()
+            .map(|v| v.user_agent.as_str())
+            .collect();
+        assert_eq!(agents, ["vsphere-ci-session-metrics/pod-a"; 2]);
     }
 
     #[test]

@@ -149,6 +149,9 @@ pub struct Cycle {
     reaping: std::sync::Mutex<Reaping>,
 }
 
+/// Label sets of `reaped_total` kept before new agents count as `other`.
+pub const MAX_REAPED_SERIES: usize = 1000;
+
 /// The reaper's series: candidates of the last pass, terminations since
 /// start, by (vCenter, user, agent label, reason).
 #[derive(Default)]
@@ -225,7 +228,16 @@ impl Cycle {
         for (s, action) in &pass.actions {
             match action {
                 crate::reaper::Action::Terminated => {
-                    *reaping.reaped.entry(reaping_key(s)).or_default() += 1;
+                    // A long-running reporter sees endless agents (each
+                    // leaked cluster's CSI driver names it): past the cap a
+                    // new one counts under `other`, so memory stays bounded.
+                    let mut key = reaping_key(s);
+                    if !reaping.reaped.contains_key(&key)
+                        && reaping.reaped.len() >= MAX_REAPED_SERIES
+                    {
+                        key.2 = crate::labels::OTHER_AGENT.to_string();
+                    }
+                    *reaping.reaped.entry(key).or_default() += 1;
                 }
                 crate::reaper::Action::Failed(_) => {
                     *reaping.failures.entry(s.vcenter.clone()).or_default() += 1;

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::io::{IsTerminal, Write};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tracing::info;
 
@@ -80,11 +80,9 @@ async fn reap_pass(config: &Config, cycle: &Cycle, apply: bool, terminal: Termin
              (regexes of user names) in the reaper: block of --config.\n",
         );
     }
-    let chosen = reaper::candidates(&inventory.sessions, rules);
-    let listed: Vec<(SessionEntry, Action)> = chosen
-        .values()
-        .flat_map(|(list, _)| list.iter().map(|s| ((*s).clone(), Action::WouldTerminate)))
-        .collect();
+    // The dry run's choice: what --apply then confirms and terminates.
+    let dry = reaper::run(cycle, &inventory, &input, rules, false, None).await;
+    let listed = dry.actions;
     let mut out = format!(
         "Candidates: {} (users {}; reasons {}; at least {} old and {} idle; at most {} per vCenter)\n",
         listed.len(),
@@ -111,12 +109,10 @@ async fn reap_pass(config: &Config, cycle: &Cycle, apply: bool, terminal: Termin
     if !listed.is_empty() {
         out.push_str(&actions_table(&listed, false).render(terminal.width, terminal.colour));
     }
-    for (vcenter, (_, over)) in &chosen {
-        if *over > 0 {
-            out.push_str(&format!(
-                "{vcenter}: {over} more candidates are left for a later run (reaper.max_per_run)\n"
-            ));
-        }
+    for (vcenter, over) in &dry.over_cap {
+        out.push_str(&format!(
+            "{vcenter}: {over} more candidates are left for a later run (reaper.max_per_run)\n"
+        ));
     }
     let mut failed = 0;
     if !apply {
@@ -132,7 +128,8 @@ async fn reap_pass(config: &Config, cycle: &Cycle, apply: bool, terminal: Termin
             humantime::format_duration(rules.recheck_delay)
         ));
         write_stdout(&out);
-        let pass = reaper::run(cycle, &inventory, &input, rules, true).await;
+        // The operator is watching (Ctrl-C stops it): no time limit.
+        let pass = reaper::run(cycle, &inventory, &input, rules, true, None).await;
         let count = |word: &str| {
             pass.actions
                 .iter()
@@ -161,11 +158,22 @@ async fn reap_pass(config: &Config, cycle: &Cycle, apply: bool, terminal: Termin
 }
 
 /// After a cycle of `start` with `reaper.enabled`: the same choice and
-/// checks as `reap`, terminating only with `reaper.apply`.
-pub async fn reap_after_cycle(cycle: &Cycle, report: CycleReport) {
+/// checks as `reap`, terminating only with `reaper.apply`, and starting no
+/// termination after `budget`, so the schedule (and `/livez`) never waits
+/// long on a slow vCenter; what is left is chosen again next pass.
+pub async fn reap_after_cycle(cycle: &Cycle, report: CycleReport, budget: Duration) {
     let rules = cycle.reaper_config();
     let inventory = Inventory::build(&report.input, report.failures, now_ms());
-    let pass = reaper::run(cycle, &inventory, &report.input, rules, rules.apply).await;
+    let deadline = Instant::now() + budget;
+    let pass = reaper::run(
+        cycle,
+        &inventory,
+        &report.input,
+        rules,
+        rules.apply,
+        Some(deadline),
+    )
+    .await;
     if !rules.apply && !pass.actions.is_empty() {
         info!(
             candidates = pass.actions.len(),
@@ -217,7 +225,7 @@ fn actions_table(rows: &[(SessionEntry, Action)], done: bool) -> Table {
                 Action::WouldTerminate => Tone::Plain,
             };
             row.push(Cell::new(action.word()).tone(tone));
-            row.push(Cell::new(printable(action.detail())));
+            row.push(Cell::new(action.detail()));
         }
         t.push(row);
     }
@@ -295,7 +303,8 @@ fn write_stdout(text: &str) {
 /// One `error:` line per failure on stderr; the exit code.
 fn report_failures(failures: &[String]) -> i32 {
     for failure in failures {
-        eprintln!("error: {failure}");
+        // Failures quote what peers answered.
+        eprintln!("error: {}", printable(failure));
     }
     i32::from(!failures.is_empty())
 }

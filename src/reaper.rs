@@ -17,7 +17,7 @@
 //! 5. A termination that fails is logged and counted; the rest go on.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use regex::Regex;
@@ -79,7 +79,10 @@ impl ReaperConfig {
         let old_enough = |seconds: Option<u64>, min: Duration| {
             seconds.is_some_and(|secs| Duration::from_secs(secs) >= min)
         };
-        s.status == Status::Orphaned
+        // A reporter's agent (this one, an HA twin, `sessions`, `reap`) is
+        // never reaped, whatever its user normalises to.
+        !s.user_agent.starts_with(crate::config::DEFAULT_USER_AGENT)
+            && s.status == Status::Orphaned
             && s.reason
                 .is_some_and(|r| self.reasons.iter().any(|x| x.as_str() == r))
             && self.users.iter().any(|re| re.is_match(&s.username))
@@ -192,13 +195,15 @@ pub struct Pass {
 /// Choose the candidates of `inventory` and, with `apply`, confirm them
 /// with a second listing of their vCenter and terminate them. vCenters go
 /// at once; the sessions of one vCenter one after another, so the reaper
-/// never floods a vCenter that is already struggling.
+/// never floods a vCenter that is already struggling. No termination
+/// starts after `deadline`: what is left waits for the next pass.
 pub async fn run(
     cycle: &Cycle,
     inventory: &Inventory,
     input: &CycleInput,
     config: &ReaperConfig,
     apply: bool,
+    deadline: Option<Instant>,
 ) -> Pass {
     let chosen = candidates(&inventory.sessions, config);
     let mut pass = Pass {
@@ -226,9 +231,9 @@ pub async fn run(
         return pass;
     }
     tokio::time::sleep(config.recheck_delay).await;
-    let per_vcenter = chosen
-        .iter()
-        .map(|(vcenter, (list, _))| confirm_and_terminate(cycle, vcenter, list, input, config));
+    let per_vcenter = chosen.iter().map(|(vcenter, (list, _))| {
+        confirm_and_terminate(cycle, vcenter, list, input, config, deadline)
+    });
     pass.actions = join_all(per_vcenter).await.into_iter().flatten().collect();
     pass
 }
@@ -240,20 +245,21 @@ async fn confirm_and_terminate(
     list: &[&SessionEntry],
     input: &CycleInput,
     config: &ReaperConfig,
+    deadline: Option<Instant>,
 ) -> Vec<(SessionEntry, Action)> {
-    let mut done = Vec::with_capacity(list.len());
-    let (second, client) = match (cycle.observe_again(vcenter).await, cycle.vcenter(vcenter)) {
-        (Ok(second), Some(client)) => (second, client),
-        (Err(e), _) => {
+    let second = match cycle.observe_again(vcenter).await {
+        Ok(second) => second,
+        Err(e) => {
             let why = format!("the second listing failed: {e}");
-            for s in list {
-                let action = Action::Spared(why.clone());
-                log_action(s, &action);
-                done.push(((*s).clone(), action));
-            }
-            return done;
+            return list
+                .iter()
+                .map(|s| {
+                    let action = Action::Spared(why.clone());
+                    log_action(s, &action);
+                    ((*s).clone(), action)
+                })
+                .collect();
         }
-        (Ok(_), None) => return done,
     };
     let again = Inventory::build(
         &CycleInput {
@@ -268,18 +274,43 @@ async fn confirm_and_terminate(
     );
     let by_key: HashMap<&str, &SessionEntry> =
         again.sessions.iter().map(|s| (s.key.expose(), s)).collect();
+    let mut done = Vec::with_capacity(list.len());
     for s in list {
         let action = match recheck(s, by_key.get(s.key.expose()).copied(), config) {
             Some(why) => Action::Spared(why),
-            None => match client.terminate_session(s.key.expose()).await {
-                Ok(()) => Action::Terminated,
-                Err(e) => Action::Failed(e.to_string()),
-            },
+            None => terminate(cycle, vcenter, s, deadline).await,
         };
         log_action(s, &action);
         done.push(((*s).clone(), action));
     }
     done
+}
+
+/// End one confirmed candidate, unless time is up or it is the reporter's
+/// own session after all.
+async fn terminate(
+    cycle: &Cycle,
+    vcenter: &str,
+    s: &SessionEntry,
+    deadline: Option<Instant>,
+) -> Action {
+    let Some(client) = cycle.vcenter(vcenter) else {
+        return Action::Spared(format!("no vCenter {vcenter} configured"));
+    };
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return Action::Spared("out of time in this pass: left for the next".into());
+    }
+    if client.is_own_session(s.key.expose()).await {
+        return Action::Spared("the reporter's own session".into());
+    }
+    match client.terminate_session(s.key.expose()).await {
+        Ok(()) => Action::Terminated,
+        // Ended meanwhile by its client, another reaper or an admin.
+        Err(crate::Error::SoapFault { fault, .. }) if fault == "NotFound" => {
+            Action::Spared("already gone".into())
+        }
+        Err(e) => Action::Failed(e.to_string()),
+    }
 }
 
 /// One info line per termination (and a warning per failure), with the
@@ -373,6 +404,10 @@ mod tests {
             ..c.clone()
         };
         assert!(!only_ended.qualifies(&orphan("a", "ci_user_01", "no_running_job", 3 * H, 2 * H)));
+        // A reporter's agent, whatever its user became after normalising.
+        let mut twin = orphan("a", "ci_user_01", "no_running_job", 3 * H, 2 * H);
+        twin.user_agent = "vsphere-ci-session-metrics/pod-b".into();
+        assert!(!c.qualifies(&twin));
         for status in [
             Status::Attributed,
             Status::Shared,

@@ -79,14 +79,24 @@ impl Schedule {
 
 impl Schedule {
     /// The longest time between two cycles: the interval, or for cron the
-    /// widest gap among its next 500 fire times (a week of hourly ticks,
-    /// every weekday of a weekday schedule). `None` for an expression that
-    /// never fires again.
+    /// widest gap among its fire times over the next eight days (a week
+    /// and a day covers weekends and weekly schedules), at most 20,000 of
+    /// them (a per-second schedule stops early, its gaps are all alike).
+    /// `None` for an expression that never fires again.
     pub fn longest_gap(&self) -> Option<Duration> {
         match self {
             Schedule::Interval(period) => Some(*period),
             Schedule::Cron(expr) => {
-                let times = upcoming(expr, Utc::now(), 500).ok()?;
+                let now = Utc::now();
+                let horizon = now + chrono::Duration::days(8);
+                let cron: Cron = cron_parser().parse(expr).ok()?;
+                let mut times = Vec::new();
+                for t in cron.iter_after(now).take(20_000) {
+                    times.push(t);
+                    if t > horizon {
+                        break;
+                    }
+                }
                 times
                     .windows(2)
                     .filter_map(|w| (w[1] - w[0]).to_std().ok())
@@ -420,6 +430,12 @@ mod tests {
         assert_eq!(
             Schedule::cron("0 9 * * 1-5").unwrap().longest_gap(),
             Some(Duration::from_secs(3 * 86_400))
+        );
+        // Every 5 minutes in office hours: Friday 17:55 to Monday 09:00,
+        // far beyond the first 500 ticks.
+        assert_eq!(
+            Schedule::cron("*/5 9-17 * * 1-5").unwrap().longest_gap(),
+            Some(Duration::from_secs(2 * 86_400 + 15 * 3600 + 5 * 60))
         );
     }
 

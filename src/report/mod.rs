@@ -62,6 +62,16 @@ impl Filters {
         self.vcenter.as_ref().is_none_or(|r| r.is_match(vcenter))
     }
 
+    /// A job is shown unless a vCenter or user filter is set and none of
+    /// its CI users matches it (`--agent` filters sessions only).
+    fn job(&self, j: &crate::inventory::JobEntry) -> bool {
+        (self.vcenter.is_none() && self.user.is_none())
+            || j.users.iter().any(|u| {
+                self.vcenter(&u.vcenter)
+                    && self.user.as_ref().is_none_or(|r| r.is_match(&u.username))
+            })
+    }
+
     fn session(&self, s: &SessionEntry) -> bool {
         self.vcenter(&s.vcenter)
             && self.user.as_ref().is_none_or(|r| r.is_match(&s.username))
@@ -121,20 +131,7 @@ fn json(inventory: &Inventory, filters: &Filters) -> String {
         .iter()
         .filter(|s| filters.session(s))
         .collect();
-    let jobs: Vec<_> = inventory
-        .jobs
-        .iter()
-        .filter(|j| {
-            filters.is_empty()
-                || j.users.iter().any(|u| {
-                    filters.vcenter(&u.vcenter)
-                        && filters
-                            .user
-                            .as_ref()
-                            .is_none_or(|r| r.is_match(&u.username))
-                })
-        })
-        .collect();
+    let jobs: Vec<_> = inventory.jobs.iter().filter(|j| filters.job(j)).collect();
     // Borrowed, in the inventory's field order: no copy of the sessions.
     #[derive(serde::Serialize)]
     struct Document<'a> {
@@ -375,16 +372,7 @@ fn jobs_view(inventory: &Inventory, options: &Options, wide: bool, width: Option
     let mut jobs: Vec<_> = inventory
         .jobs
         .iter()
-        .filter(|j| {
-            filters.is_empty()
-                || j.users.iter().any(|u| {
-                    filters.vcenter(&u.vcenter)
-                        && filters
-                            .user
-                            .as_ref()
-                            .is_none_or(|r| r.is_match(&u.username))
-                })
-        })
+        .filter(|j| filters.job(j))
         .map(|j| {
             let mut g = Group::default();
             let mut by: BTreeMap<&str, u64> = BTreeMap::new();

@@ -259,11 +259,30 @@ fn cut(text: &str, width: usize) -> String {
     out
 }
 
-/// Control characters (escape sequences, newlines, tabs) replaced by `�`.
+/// Control characters (escape sequences, newlines, tabs) and invisible
+/// formatting characters (bidirectional overrides, zero-width characters,
+/// which could reorder or hide text) replaced by `�`.
 pub fn printable(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .map(|c| {
+            if c.is_control() || is_invisible_format(c) {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
         .collect()
+}
+
+/// Unicode format characters that change how text around them shows.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00ad}' | '\u{061c}' | '\u{180e}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{2069}'
+        | '\u{feff}')
 }
 
 /// `2812` as `2,812`.
@@ -382,6 +401,11 @@ u2          govc                                             1,204
         let plain = t.render(None, false);
         assert!(!plain.contains('\x1b'), "{plain:?}");
         assert!(plain.contains("evil\u{fffd}[2Jagent\u{fffd}"), "{plain:?}");
+        // A right-to-left override would show `lmth.exe` as `exe.html`.
+        assert_eq!(
+            printable("a\u{202e}lmth.exe\u{200b}"),
+            "a\u{fffd}lmth.exe\u{fffd}"
+        );
         let coloured = t.render(None, true);
         assert!(coloured.contains("\x1b[31m3\x1b[0m"), "{coloured:?}");
         assert!(coloured.contains("\x1b[1mAGENT\x1b[0m"), "{coloured:?}");

@@ -66,22 +66,35 @@ impl LatestSnapshot {
 /// cycle before `/livez` fails and Kubernetes restarts the process.
 pub const LIVENESS_GAPS: u32 = 3;
 
+/// How long `/livez` waits for a finished cycle: [`LIVENESS_GAPS`] of the
+/// schedule's longest gap, or, when longer, one gap plus the longest a
+/// cycle (and the reaper's pass after it) may take by its budgets, so a
+/// slow vCenter or build cluster never gets the process restarted.
+/// `None` (never stale) for a schedule that does not fire again.
+pub fn liveness_limit(gap: Option<Duration>, longest_cycle: Duration) -> Option<Duration> {
+    let gap = gap?;
+    Some(
+        gap.saturating_mul(LIVENESS_GAPS)
+            .max(gap.saturating_add(longest_cycle)),
+    )
+}
+
 /// What the endpoint knows to answer `/livez`.
 #[derive(Debug, Clone)]
 struct Endpoint {
     latest: Arc<LatestSnapshot>,
-    /// The schedule's longest gap between cycles (`None`: never stale).
-    gap: Option<Duration>,
+    /// [`liveness_limit`].
+    limit: Option<Duration>,
 }
 
 /// `/livez`: alive while the last cycle finished (or, before the first,
-/// the process started) at most [`LIVENESS_GAPS`] gaps ago. A cycle is
-/// bounded by its sources' timeouts, so only a stuck process misses that.
+/// the process started) at most `limit` ago. Cycles are bounded by their
+/// budgets, so only a stuck process misses that.
 pub fn liveness(
     finished: Option<Instant>,
     started: Instant,
     now: Instant,
-    gap: Option<Duration>,
+    limit: Option<Duration>,
 ) -> Result<String, String> {
     let since = now.saturating_duration_since(finished.unwrap_or(started));
     let what = if finished.is_some() {
@@ -89,39 +102,33 @@ pub fn liveness(
     } else {
         "started, no cycle finished yet,"
     };
-    let Some(gap) = gap else {
-        return Ok(format!("ok: {what} {}s ago\n", since.as_secs()));
-    };
-    let limit = gap.saturating_mul(LIVENESS_GAPS);
-    if since > limit {
-        Err(format!(
-            "stuck: {what} {}s ago, more than {LIVENESS_GAPS} times the schedule's {}s\n",
+    match limit {
+        Some(limit) if since > limit => Err(format!(
+            "stuck: {what} {}s ago, more than the {}s allowed\n",
             since.as_secs(),
-            gap.as_secs()
-        ))
-    } else {
-        Ok(format!("ok: {what} {}s ago\n", since.as_secs()))
+            limit.as_secs()
+        )),
+        _ => Ok(format!("ok: {what} {}s ago\n", since.as_secs())),
     }
 }
 
-/// The router: `/metrics`, `/healthz` and `/livez`. `gap` is the
-/// schedule's longest gap between cycles.
-pub fn router(latest: Arc<LatestSnapshot>, gap: Option<Duration>) -> Router {
+/// The router: `/metrics`, `/healthz` and `/livez` (see [`liveness_limit`]).
+pub fn router(latest: Arc<LatestSnapshot>, limit: Option<Duration>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/livez", get(livez))
-        .with_state(Endpoint { latest, gap })
+        .with_state(Endpoint { latest, limit })
 }
 
 /// Serve until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     latest: Arc<LatestSnapshot>,
-    gap: Option<Duration>,
+    limit: Option<Duration>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(latest, gap))
+    axum::serve(listener, router(latest, limit))
         .with_graceful_shutdown(shutdown)
         .await
 }
@@ -132,7 +139,7 @@ async fn livez(State(endpoint): State<Endpoint>) -> Response {
         latest.finished_at(),
         latest.started,
         Instant::now(),
-        endpoint.gap,
+        endpoint.limit,
     ) {
         Ok(text) => text.into_response(),
         Err(text) => (StatusCode::SERVICE_UNAVAILABLE, text).into_response(),
@@ -161,21 +168,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn alive_until_three_gaps_pass_without_a_finished_cycle() {
+    fn alive_until_the_limit_passes_without_a_finished_cycle() {
         let t0 = Instant::now();
-        let gap = Some(Duration::from_secs(60));
+        let limit = Some(Duration::from_secs(180));
         let at = |s: u64| t0 + Duration::from_secs(s);
         // Before the first cycle, counted from the start.
-        assert!(liveness(None, t0, at(179), gap).is_ok());
-        assert!(liveness(None, t0, at(181), gap).is_err());
+        assert!(liveness(None, t0, at(179), limit).is_ok());
+        assert!(liveness(None, t0, at(181), limit).is_err());
         // After cycles, counted from the last one.
-        assert!(liveness(Some(at(100)), t0, at(280), gap).is_ok());
-        let stuck = liveness(Some(at(100)), t0, at(281), gap).unwrap_err();
+        assert!(liveness(Some(at(100)), t0, at(280), limit).is_ok());
+        let stuck = liveness(Some(at(100)), t0, at(281), limit).unwrap_err();
         assert_eq!(
             stuck,
-            "stuck: the last cycle finished 181s ago, more than 3 times the schedule's 60s\n"
+            "stuck: the last cycle finished 181s ago, more than the 180s allowed\n"
         );
         // A schedule that never fires again is never stale.
         assert!(liveness(Some(at(0)), t0, at(1_000_000), None).is_ok());
+    }
+
+    #[test]
+    fn the_limit_is_three_gaps_or_one_gap_and_the_longest_cycle() {
+        let s = Duration::from_secs;
+        assert_eq!(liveness_limit(Some(s(60)), s(100)), Some(s(180)));
+        // A cycle that may take 160 s and a reaper pass of 75 s after it.
+        assert_eq!(liveness_limit(Some(s(60)), s(235)), Some(s(295)));
+        assert_eq!(liveness_limit(None, s(100)), None);
     }
 }

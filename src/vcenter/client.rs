@@ -409,6 +409,16 @@ impl VcenterClient {
         }
     }
 
+    /// Whether `key` is the key of this client's own current session (the
+    /// reaper never ends it, whatever the classification says).
+    pub async fn is_own_session(&self, key: &str) -> bool {
+        let state = self.inner.state.lock().await;
+        state
+            .session
+            .as_ref()
+            .is_some_and(|s| s.key.as_deref() == Some(key))
+    }
+
     /// Counters of the VM map (zero when it is off).
     pub async fn vm_map_stats(&self) -> VmMapStats {
         self.inner.vm_watch.lock().await.map.stats()

@@ -111,7 +111,9 @@ pub fn parse_time_ms(text: &str) -> Option<i64> {
 }
 
 /// One entry of `SessionManager.sessionList` (vim25 `UserSession`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `Debug` shows only the key's first characters: a key can act as the
+/// session.
+#[derive(Clone, PartialEq, Eq)]
 pub struct UserSession {
     pub key: String,
     /// As the vCenter reports it, e.g. `VSPHERE.LOCAL\ci-user-1`.
@@ -130,9 +132,46 @@ pub struct UserSession {
     pub extension_session: bool,
 }
 
+impl std::fmt::Debug for UserSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key: String = self.key.chars().take(8).collect();
+        f.debug_struct("UserSession")
+            .field("key", &format_args!("{key}…"))
+            .field("user_name", &self.user_name)
+            .field("full_name", &self.full_name)
+            .field("login_time", &self.login_time)
+            .field("last_active_time", &self.last_active_time)
+            .field("ip_address", &self.ip_address)
+            .field("user_agent", &self.user_agent)
+            .field("call_count", &self.call_count)
+            .field("extension_session", &self.extension_session)
+            .finish()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_shows_only_the_start_of_a_session_key() {
+        let s = UserSession {
+            key: "52b4d7a1-9f3e-4c1a-8d2b-0e6f5a7c9b31".into(),
+            user_name: "u".into(),
+            full_name: String::new(),
+            login_time: String::new(),
+            last_active_time: String::new(),
+            ip_address: String::new(),
+            user_agent: String::new(),
+            call_count: 0,
+            extension_session: false,
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            shown.contains("52b4d7a1…") && !shown.contains("9f3e"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn login_waits_double_from_a_minute_to_fifteen_and_allow_three_tries_in_180_s() {
