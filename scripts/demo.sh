@@ -98,18 +98,7 @@ echo "  an AWS job and a finished job are not counted"
 
 say "Starting Prometheus with its remote-write receiver"
 prom_port=$(free_port)
-cat >"$work/prometheus.yml" <<'YAML'
-global: {}
-YAML
-prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus" \
-  --web.listen-address="127.0.0.1:$prom_port" --web.enable-remote-write-receiver \
-  >"$work/prometheus.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$prom_port/-/ready" >/dev/null && break
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$prom_port/-/ready" >/dev/null || { echo "Prometheus did not start:"; cat "$work/prometheus.log"; exit 1; }
+start_prometheus "$work" "$prom_port"
 echo "  Prometheus at http://127.0.0.1:$prom_port"
 
 say "Running the reporter (cycle every 2s, /metrics and remote-write)"

@@ -128,16 +128,7 @@ target/debug/examples/fake_ci --scenario tests/fixtures/demo/scenario.json \
 pids+=($!)
 ci_url=$(wait_line "$work/fake.out" FAKE_CI_URL)
 prom_port=$(free_port)
-printf 'global: {}\n' >"$work/prometheus.yml"
-prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prometheus" \
-  --web.listen-address="127.0.0.1:$prom_port" --web.enable-remote-write-receiver \
-  >"$work/prometheus.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do
-  curl -sf "http://127.0.0.1:$prom_port/-/ready" >/dev/null && break
-  sleep 0.1
-done
-curl -sf "http://127.0.0.1:$prom_port/-/ready" >/dev/null || { echo "Prometheus did not start:"; cat "$work/prometheus.log"; exit 1; }
+start_prometheus "$work" "$prom_port"
 printf 'demo-password\n' >"$work/in/password"
 chmod -R a+rX "$work/in"
 

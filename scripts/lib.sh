@@ -20,3 +20,22 @@ wait_line() {
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
+
+# Start Prometheus with its remote-write receiver on 127.0.0.1:PORT, its
+# config, data and log in DIR, and wait until it is ready. Its pid is added
+# to the caller's `pids` array (for the caller's cleanup).
+start_prometheus() {
+  local dir=$1 port=$2
+  printf 'global: {}\n' >"$dir/prometheus.yml"
+  prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/prometheus" \
+    --web.listen-address="127.0.0.1:$port" --web.enable-remote-write-receiver \
+    >"$dir/prometheus.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    curl -sf "http://127.0.0.1:$port/-/ready" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "Prometheus did not start:" >&2
+  cat "$dir/prometheus.log" >&2
+  return 1
+}
