@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use tracing::{debug, error, info, warn};
@@ -267,10 +267,7 @@ impl Cycle {
     /// failures are in the report and in the `up` gauges.
     pub async fn run(&self) -> CycleReport {
         let started = Instant::now();
-        let timestamp_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or_default();
+        let timestamp_ms = metrics::unix_now_ms();
         let cycle_number = self.cycles.fetch_add(1, Ordering::Relaxed) + 1;
 
         let gathered = self.gather().await;

@@ -87,6 +87,15 @@ pub const REAPER_FAILURES_TOTAL: &str = "vsphere_ci_user_sessions_reaper_failure
 /// Scheduler ticks skipped because the previous cycle was still running.
 pub const CYCLES_SKIPPED_TOTAL: &str = "vsphere_ci_user_sessions_cycles_skipped_total";
 
+/// The local clock in milliseconds since the Unix epoch: how cycles and
+/// samples are stamped (0 before 1970, saturating far in the future).
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// The Prometheus metric type, as exposed in `# TYPE` lines and in
 /// remote-write v2 metadata.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,7 +9,7 @@
 
 use std::future::Future;
 use std::io::{IsTerminal, Write};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tracing::info;
 
@@ -43,7 +43,7 @@ pub async fn sessions(
         eprintln!("error: interrupted by a signal");
         return Ok(INTERRUPTED);
     };
-    let inventory = Inventory::build(&input, failures, now_ms());
+    let inventory = Inventory::build(&input, failures, crate::metrics::unix_now_ms());
     write_stdout(&report::render(&inventory, &options));
     Ok(report_failures(&inventory.failures))
 }
@@ -73,7 +73,7 @@ pub async fn reap(
 async fn reap_pass(config: &Config, cycle: &Cycle, apply: bool, terminal: Terminal) -> i32 {
     let rules = &config.reaper;
     let (input, failures) = cycle.inspect().await;
-    let inventory = Inventory::build(&input, failures, now_ms());
+    let inventory = Inventory::build(&input, failures, crate::metrics::unix_now_ms());
     if rules.users.is_empty() {
         write_stdout(
             "reaper.users is empty, so no session may be reaped: name the CI accounts \
@@ -163,7 +163,11 @@ async fn reap_pass(config: &Config, cycle: &Cycle, apply: bool, terminal: Termin
 /// long on a slow vCenter; what is left is chosen again next pass.
 pub async fn reap_after_cycle(cycle: &Cycle, report: CycleReport, budget: Duration) {
     let rules = cycle.reaper_config();
-    let inventory = Inventory::build(&report.input, report.failures, now_ms());
+    let inventory = Inventory::build(
+        &report.input,
+        report.failures,
+        crate::metrics::unix_now_ms(),
+    );
     let deadline = Instant::now() + budget;
     let pass = reaper::run(
         cycle,
@@ -307,13 +311,6 @@ fn report_failures(failures: &[String]) -> i32 {
         eprintln!("error: {}", printable(failure));
     }
     i32::from(!failures.is_empty())
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -486,7 +486,7 @@ impl Inner {
                 content
             }
         };
-        let attempt_ms = unix_ms();
+        let attempt_ms = crate::metrics::unix_now_ms();
         let (cookie, key) = match self.login(&content, &password).await {
             Ok(login) => login,
             Err(LoginError { error, cookie }) => {
@@ -499,7 +499,9 @@ impl Inner {
                     // No answer at all: a session may exist that only its
                     // login time can tell (see `sweep_lost_logins`).
                     None if !matches!(error, Error::VcenterLogin { .. }) => {
-                        state.lost_logins.push((attempt_ms, unix_ms()));
+                        state
+                            .lost_logins
+                            .push((attempt_ms, crate::metrics::unix_now_ms()));
                     }
                     None => {}
                 }
@@ -755,7 +757,7 @@ impl Inner {
         const FORGET_MS: i64 = 2 * 60 * 60 * 1000;
         let lost = {
             let mut state = self.state.lock().await;
-            let now = unix_ms();
+            let now = crate::metrics::unix_now_ms();
             state.lost_logins.retain(|(_, end)| now - end < FORGET_MS);
             state.lost_logins.clone()
         };
@@ -816,11 +818,11 @@ impl Inner {
     }
 
     async fn current_time(&self, session: &Session) -> Result<VcenterClock, Error> {
-        let before = unix_ms();
+        let before = crate::metrics::unix_now_ms();
         let exchange = self
             .call_in(session, "CurrentTime", soap::current_time())
             .await?;
-        let after = unix_ms();
+        let after = crate::metrics::unix_now_ms();
         let text = self.reply(exchange, soap::parse_current_time)?;
         let vcenter_ms = super::parse_time_ms(&text).ok_or_else(|| Error::SoapParse {
             host: self.config.host.clone(),
@@ -1206,14 +1208,6 @@ fn fingerprint(password: &Secret) -> u64 {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     password.expose().hash(&mut hasher);
     hasher.finish()
-}
-
-/// Local time, milliseconds since the Unix epoch.
-fn unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
 }
 
 /// `<url>/sdk` without user info; a URL already ending in `/sdk` is kept.

@@ -46,7 +46,7 @@ pub mod proto {
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -206,13 +206,6 @@ pub struct RemoteWriteSink {
     counters: Counters,
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 impl RemoteWriteSink {
     /// One sink per target. `external_labels` are added to every series
     /// that lacks that label name (as Prometheus does); they must be valid
@@ -335,7 +328,7 @@ impl RemoteWriteSink {
         let ended_count = ended.len();
         cycle.points.extend(ended);
         state.last_timestamp_ms = Some(cycle.timestamp_ms);
-        let (seq, evicted) = state.buffer.push(cycle, now_ms());
+        let (seq, evicted) = state.buffer.push(cycle, crate::metrics::unix_now_ms());
         // The live series point at the buffer's interned label sets, so
         // they are held once. Stale markers end a series: not live.
         let buffered = state
@@ -428,7 +421,7 @@ impl RemoteWriteSink {
         let mut link = self.link.lock().await;
         {
             let mut queue = self.lock_queue();
-            let evicted = queue.buffer.evict_expired(now_ms());
+            let evicted = queue.buffer.evict_expired(crate::metrics::unix_now_ms());
             self.count_evicted(evicted);
             self.set_buffered(&queue);
         }
@@ -472,7 +465,8 @@ impl RemoteWriteSink {
                     let c = &self.counters;
                     c.sent.fetch_add(samples as u64, Ordering::Relaxed);
                     c.batches.fetch_add(1, Ordering::Relaxed);
-                    c.last_success_ms.store(now_ms(), Ordering::Relaxed);
+                    c.last_success_ms
+                        .store(crate::metrics::unix_now_ms(), Ordering::Relaxed);
                     link.failures = 0;
                 }
                 Err((
@@ -722,7 +716,7 @@ impl Sink for RemoteWriteSink {
             self.target,
             if cycles == 1 { "cycle" } else { "cycles" },
             queue.buffer.samples(),
-            now_ms().saturating_sub(oldest).max(0) / 1000
+            crate::metrics::unix_now_ms().saturating_sub(oldest).max(0) / 1000
         ))
     }
 
@@ -743,7 +737,7 @@ impl Sink for RemoteWriteSink {
         let mut queue = self.lock_queue();
         let mut evicted = buffer::Evicted::default();
         for cycle in imported.backlog {
-            let (_, e) = queue.buffer.push(cycle, now_ms());
+            let (_, e) = queue.buffer.push(cycle, crate::metrics::unix_now_ms());
             evicted.full += e.full;
             evicted.too_old += e.too_old;
         }
@@ -761,7 +755,8 @@ impl Sink for RemoteWriteSink {
         let deadline = Instant::now() + self.publish_timeout();
         let seq = {
             let mut queue = self.lock_queue();
-            let timestamp_ms = now_ms().max(queue.last_timestamp_ms.map_or(0, |t| t + 1));
+            let timestamp_ms =
+                crate::metrics::unix_now_ms().max(queue.last_timestamp_ms.map_or(0, |t| t + 1));
             let cycle = Cycle {
                 timestamp_ms,
                 points: Vec::new(),
@@ -835,7 +830,7 @@ impl Sink for RemoteWriteSink {
                 if oldest == 0 {
                     0.0
                 } else {
-                    (now_ms().saturating_sub(oldest)).max(0) as f64 / 1000.0
+                    (crate::metrics::unix_now_ms().saturating_sub(oldest)).max(0) as f64 / 1000.0
                 }
             }),
             MetricFamily::counter(
