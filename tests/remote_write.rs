@@ -296,7 +296,7 @@ async fn tls_with_a_private_ca_and_a_client_certificate_reaches_prometheus() {
         .expect("the private CA is trusted and the client certificate accepted");
 
     let mut short = config(&url);
-    short.remote_timeout = Duration::from_millis(300);
+    short.remote_timeout = Duration::from_secs(1);
     short.tls_config = Some(tls(false, true, false));
     let untrusted = sink(short);
     let err = untrusted

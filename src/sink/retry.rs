@@ -184,6 +184,13 @@ impl RetryPolicy {
                     });
                 }
                 Attempt::Retry { error, after } => {
+                    // An attempt that ran into the deadline was cut short by
+                    // our own budget, not answered: its "no answer" says less
+                    // than the answer before it (a refused certificate, a 503).
+                    let error = match last_error.take() {
+                        Some(earlier) if Instant::now() >= deadline => earlier,
+                        _ => error,
+                    };
                     let wait = self.wait(number, after);
                     let resume = Instant::now().checked_add(wait).unwrap_or(deadline);
                     if resume >= deadline {
@@ -367,6 +374,35 @@ mod tests {
         assert!(gave_up.retriable);
         assert!(Instant::now() <= deadline);
         assert!(calls.load(Ordering::SeqCst) > 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_cut_short_by_the_deadline_reports_the_answer_before_it() {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let result: Result<(), GaveUp> = policy()
+            .run(deadline, |n, left| async move {
+                if n == 0 {
+                    // A real answer, slow enough that the retry gets only a
+                    // sliver of the budget (a loaded machine).
+                    tokio::time::sleep(left - Duration::from_millis(40)).await;
+                    return Attempt::Retry {
+                        error: server_error(),
+                        after: None,
+                    };
+                }
+                tokio::time::sleep(left).await;
+                Attempt::Retry {
+                    error: Error::Timeout {
+                        what: "remote-write request".into(),
+                        timeout: left,
+                    },
+                    after: None,
+                }
+            })
+            .await;
+        let gave_up = result.unwrap_err();
+        assert!(gave_up.retriable);
+        assert_eq!(gave_up.error.to_string(), server_error().to_string());
     }
 
     #[tokio::test(start_paused = true)]
