@@ -171,6 +171,8 @@ async fn the_control_api_refuses_bad_requests_with_a_status_and_a_reason() {
         ("vm/remove?name=nowhere", 404, "no VM named"),
         ("vm/set-ips?name=nowhere&ip=10.0.0.1", 404, "no VM named"),
         ("vm/explode?name=node-a", 404, "unknown endpoint"),
+        ("session/refuse-terminate", 400, "missing key"),
+        ("session/end-first", 400, "missing key"),
     ];
     for (path, status, reason) in cases {
         let response = http

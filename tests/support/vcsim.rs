@@ -197,9 +197,20 @@ impl Vcsim {
     /// From now on vcsim refuses `TerminateSession` of this session key
     /// with a `NoPermission` fault, as a vCenter may for one session.
     pub async fn refuse_terminate(&self, key: &str) {
+        self.session_control("refuse-terminate", key).await;
+    }
+
+    /// The next `TerminateSession` of this key finds the session already
+    /// ended by another caller a moment before, and gets vcsim's own
+    /// `NotFound` fault, as from a vCenter where someone else was faster.
+    pub async fn end_first(&self, key: &str) {
+        self.session_control("end-first", key).await;
+    }
+
+    async fn session_control(&self, op: &str, key: &str) {
         let mut url = self
             .url
-            .join("vcsim-test/session/refuse-terminate")
+            .join(&format!("vcsim-test/session/{op}"))
             .expect("a valid control URL");
         url.query_pairs_mut().append_pair("key", key);
         let response = http_client(None)
@@ -210,7 +221,7 @@ impl Vcsim {
         let status = response.status();
         assert!(
             status.is_success(),
-            "vcsim refuse-terminate: HTTP {status}: {}",
+            "vcsim {op}: HTTP {status}: {}",
             response.text().await.unwrap_or_default().trim()
         );
     }

@@ -41,6 +41,10 @@
 //	POST /vcsim-test/session/refuse-terminate?key=KEY   TerminateSession of KEY
 //	                                                    answers a NoPermission
 //	                                                    fault from now on
+//	POST /vcsim-test/session/end-first?key=KEY          the next TerminateSession
+//	                                                    of KEY finds it already
+//	                                                    ended by another caller
+//	                                                    (vcsim's own NotFound)
 //
 // Every change goes through the simulator's own paths (tasks run through its
 // in-process SOAP client, guest changes through Registry.Update under the
@@ -60,6 +64,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/signal"
@@ -337,15 +342,20 @@ type inventory struct {
 	pool   *object.ResourcePool // and their pool (a cluster: vcsim picks the host)
 	// mu makes each control request's name check and change one step.
 	mu sync.Mutex
-	// refusals are the session keys whose termination vcsim refuses.
+	// refusals are the session keys whose termination vcsim refuses, and
+	// those another caller ends first.
 	refusals refusals
 }
 
 // refusals holds session keys whose TerminateSession is refused, to test
-// a vCenter that will not end one session among many.
+// a vCenter that will not end one session among many, and keys that are
+// ended a moment before our TerminateSession arrives, to test the race
+// with another operator (or the client logging out) that a real vCenter
+// answers with NotFound.
 type refusals struct {
-	mu   sync.Mutex
-	keys map[string]bool
+	mu    sync.Mutex
+	keys  map[string]bool
+	first map[string]bool
 }
 
 func (rf *refusals) add(key string) {
@@ -357,19 +367,46 @@ func (rf *refusals) add(key string) {
 	rf.keys[key] = true
 }
 
-// refused reports whether body is a TerminateSession of a refused key.
-func (rf *refusals) refused(body []byte) bool {
-	if !bytes.Contains(body, []byte("<TerminateSession")) {
-		return false
-	}
+func (rf *refusals) endFirst(key string) {
 	rf.mu.Lock()
 	defer rf.mu.Unlock()
-	for key := range rf.keys {
+	if rf.first == nil {
+		rf.first = map[string]bool{}
+	}
+	rf.first[key] = true
+}
+
+// terminates returns the key of keys that body is a TerminateSession of.
+func terminates(body []byte, keys map[string]bool) (string, bool) {
+	if !bytes.Contains(body, []byte("<TerminateSession")) {
+		return "", false
+	}
+	for key := range keys {
 		if bytes.Contains(body, []byte("<sessionId>"+key+"</sessionId>")) {
-			return true
+			return key, true
 		}
 	}
-	return false
+	return "", false
+}
+
+// refused reports whether body is a TerminateSession of a refused key.
+func (rf *refusals) refused(body []byte) bool {
+	rf.mu.Lock()
+	defer rf.mu.Unlock()
+	_, ok := terminates(body, rf.keys)
+	return ok
+}
+
+// takeEndFirst reports whether body is a TerminateSession of a key to end
+// first, and forgets the key: the race happens once.
+func (rf *refusals) takeEndFirst(body []byte) bool {
+	rf.mu.Lock()
+	defer rf.mu.Unlock()
+	key, ok := terminates(body, rf.first)
+	if ok {
+		delete(rf.first, key)
+	}
+	return ok
 }
 
 // noPermission is the fault vCenter sends when the caller may not end a
@@ -394,6 +431,13 @@ func (rf *refusals) filter(svc *simulator.Service) http.HandlerFunc {
 			w.WriteHeader(http.StatusInternalServerError)
 			_, _ = io.WriteString(w, noPermission)
 			return
+		}
+		if rf.takeEndFirst(body) {
+			// The same call, a moment earlier, answered to nobody: the
+			// session is gone when the real one arrives.
+			early := r.Clone(r.Context())
+			early.Body = io.NopCloser(bytes.NewReader(body))
+			svc.ServeSDK(httptest.NewRecorder(), early)
 		}
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		svc.ServeSDK(w, r)
@@ -688,6 +732,18 @@ func (inv *inventory) serveControl(w http.ResponseWriter, r *http.Request) {
 			}
 			inv.refusals.add(key)
 			msg = "refusing TerminateSession of " + key
+			return nil
+		}
+		if op == "session/end-first" {
+			if r.Method != http.MethodPost {
+				return fail(http.StatusMethodNotAllowed, "%s wants POST", r.URL.Path)
+			}
+			key := r.FormValue("key")
+			if key == "" {
+				return fail(http.StatusBadRequest, "missing key")
+			}
+			inv.refusals.endFirst(key)
+			msg = "ending " + key + " before the next TerminateSession of it"
 			return nil
 		}
 		if op == "vm/list" {
