@@ -17,6 +17,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::ci::IdentityResolver;
 use crate::correlate::{self, CycleInput, JobUsers, VcenterObservation};
+use crate::inventory::Inventory;
 use crate::leaks::{LeakRules, ReporterIdentity};
 use crate::metrics::{self, MetricFamily, Snapshot};
 use crate::prow::{ProwSource, RunningJob};
@@ -132,6 +133,8 @@ pub struct CycleReport {
     pub failures: Vec<String>,
     /// What was gathered, for the reaper.
     pub input: CycleInput,
+    /// The classification, when the reaper is enabled.
+    pub inventory: Option<Inventory>,
 }
 
 /// Runs cycles; shared by the scheduler, `once` and the tests.
@@ -145,15 +148,15 @@ pub struct Cycle {
     /// The sinks' senders run: a cycle hands its snapshot off and ends.
     /// Otherwise (`once`, tests) it waits for each sink to deliver.
     senders_started: std::sync::atomic::AtomicBool,
-    /// The reaper's series, from its last pass.
+    /// The reaper's series: this cycle's candidates, the passes' counts.
     reaping: std::sync::Mutex<Reaping>,
 }
 
 /// Label sets of `reaped_total` kept before new agents count as `other`.
 pub const MAX_REAPED_SERIES: usize = 1000;
 
-/// The reaper's series: candidates of the last pass, terminations since
-/// start, by (vCenter, user, agent label, reason).
+/// The reaper's series: candidates of the latest cycle, terminations
+/// since start, by (vCenter, user, agent label, reason).
 #[derive(Default)]
 struct Reaping {
     candidates: BTreeMap<(String, String, String, &'static str), u64>,
@@ -218,13 +221,25 @@ impl Cycle {
         }
     }
 
-    /// Keep a reaper pass's outcome for the next snapshot's series.
-    pub fn record_reaping(&self, pass: &crate::reaper::Pass) {
+    /// The sessions the reaper's rules choose in this cycle's
+    /// classification, before the per-run cap, for this cycle's snapshot:
+    /// the candidates go out beside the orphans they are chosen from.
+    fn record_candidates(&self, inventory: &Inventory) {
         let mut reaping = self.reaping.lock().unwrap_or_else(|e| e.into_inner());
         reaping.candidates.clear();
-        for s in &pass.qualified {
+        for s in inventory
+            .sessions
+            .iter()
+            .filter(|s| self.sources.reaper.qualifies(s))
+        {
             *reaping.candidates.entry(reaping_key(s)).or_default() += 1;
         }
+    }
+
+    /// Count a reaper pass's terminations and failures (in the next
+    /// snapshot: the pass runs after the cycle has published).
+    pub fn record_reaping(&self, pass: &crate::reaper::Pass) {
+        let mut reaping = self.reaping.lock().unwrap_or_else(|e| e.into_inner());
         for (s, action) in &pass.actions {
             match action {
                 crate::reaper::Action::Terminated => {
@@ -271,6 +286,18 @@ impl Cycle {
         let cycle_number = self.cycles.fetch_add(1, Ordering::Relaxed) + 1;
 
         let gathered = self.gather().await;
+        // With the reaper on, the cycle's classification as one document:
+        // its candidates go into this snapshot, and the pass after the
+        // cycle acts on the same document.
+        let inventory = self.sources.reaper.enabled.then(|| {
+            let inventory = Inventory::build(
+                &gathered.input,
+                gathered.failures.clone(),
+                metrics::unix_now_ms(),
+            );
+            self.record_candidates(&inventory);
+            inventory
+        });
         let mut families = correlate::correlate(&gathered.input);
         families.extend(
             self.self_metrics(&gathered.collectors, cycle_number, started)
@@ -301,6 +328,7 @@ impl Cycle {
             snapshot,
             failures,
             input: gathered.input,
+            inventory,
         }
     }
 
@@ -564,7 +592,7 @@ impl Cycle {
         }
         let mut candidates = MetricFamily::gauge(
             metrics::REAPER_CANDIDATES,
-            "Orphaned sessions the reaper's rules chose in its last pass, before its per-run cap.",
+            "Orphaned sessions the reaper's rules choose in this cycle, before its per-run cap.",
         );
         let mut reaped = MetricFamily::counter(
             metrics::REAPED_TOTAL,

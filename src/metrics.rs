@@ -78,7 +78,7 @@ pub const REPORTER_LOGIN_FAILURES_TOTAL: &str =
 /// terminated.
 pub const REPORTER_ORPHANS_TERMINATED_TOTAL: &str =
     "vsphere_ci_user_sessions_reporter_orphans_terminated_total";
-/// Orphaned sessions the reaper's rules chose in its last pass.
+/// Orphaned sessions the reaper's rules choose in the cycle's classification.
 pub const REAPER_CANDIDATES: &str = "vsphere_ci_user_sessions_reaper_candidates";
 /// Leaked sessions the reaper terminated since start.
 pub const REAPED_TOTAL: &str = "vsphere_ci_user_sessions_reaped_total";

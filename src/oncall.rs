@@ -163,11 +163,13 @@ async fn reap_pass(config: &Config, cycle: &Cycle, apply: bool, terminal: Termin
 /// long on a slow vCenter; what is left is chosen again next pass.
 pub async fn reap_after_cycle(cycle: &Cycle, report: CycleReport, budget: Duration) {
     let rules = cycle.reaper_config();
-    let inventory = Inventory::build(
-        &report.input,
-        report.failures,
-        crate::metrics::unix_now_ms(),
-    );
+    let inventory = report.inventory.unwrap_or_else(|| {
+        Inventory::build(
+            &report.input,
+            report.failures,
+            crate::metrics::unix_now_ms(),
+        )
+    });
     let deadline = Instant::now() + budget;
     let pass = reaper::run(
         cycle,

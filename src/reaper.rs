@@ -183,8 +183,6 @@ pub fn recheck(
 /// One reaper pass.
 #[derive(Debug, Default)]
 pub struct Pass {
-    /// Every session the rules chose, before the per-run cap.
-    pub qualified: Vec<SessionEntry>,
     /// The candidates acted on (at most `max_per_run` per vCenter) and
     /// what was done.
     pub actions: Vec<(SessionEntry, Action)>,
@@ -206,15 +204,7 @@ pub async fn run(
     deadline: Option<Instant>,
 ) -> Pass {
     let chosen = candidates(&inventory.sessions, config);
-    let mut pass = Pass {
-        qualified: inventory
-            .sessions
-            .iter()
-            .filter(|s| config.qualifies(s))
-            .cloned()
-            .collect(),
-        ..Pass::default()
-    };
+    let mut pass = Pass::default();
     for (vcenter, (_, over)) in &chosen {
         if *over > 0 {
             pass.over_cap.insert(vcenter.to_string(), *over);

@@ -854,6 +854,9 @@ async fn reap_spares_a_session_active_again_goes_on_past_a_refusal_and_keeps_to_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_with_the_reaper_applied_frees_the_leaks_within_two_cycles() {
     let world = World::seed().await;
+    // Past min_age and min_idle before the first cycle, so the cycle that
+    // first shows the leaks also shows them chosen.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let port = receivers::free_port();
     let extra = "reaper:\n  enabled: true\n  apply: true\n  users: ['ci_user_0[12]']\n  min_age: 1s\n  min_idle: 1s\n  recheck_delay: 1s\ninterval: 2s\n";
     let config = world.config("start.yaml", extra);
@@ -899,6 +902,15 @@ async fn start_with_the_reaper_applied_frees_the_leaks_within_two_cycles() {
     )
     .await;
     let seen_at = reporter::cycles(&first);
+    // The candidates go out with the orphans they are chosen from, and
+    // leave with them.
+    let candidates_of = |t: &str| -> f64 {
+        t.lines()
+            .filter(|l| l.starts_with("vsphere_ci_user_sessions_reaper_candidates{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(candidates_of(&first), 5.0, "{first}");
     let freed = scrape_until(
         &reporter,
         port,
@@ -912,6 +924,7 @@ async fn start_with_the_reaper_applied_frees_the_leaks_within_two_cycles() {
         "freed only at cycle {} (seen at {seen_at})",
         reporter::cycles(&freed)
     );
+    assert_eq!(candidates_of(&freed), 0.0, "{freed}");
 
     let after = without_reporter(&world.listed().await);
     let expected: BTreeSet<String> = without_reporter(&before)
