@@ -38,7 +38,7 @@ if ! cmp -s scripts/requirements-validate.txt "$venv/requirements.txt"; then
 fi
 command -v kubectl >/dev/null || { echo "kubectl (with kustomize) is needed to render config/kubernetes"; exit 1; }
 kubectl kustomize config/kubernetes | "$venv/bin/python" scripts/validate-manifests.py config/kubernetes
-for overlay in cronjob ha; do
+for overlay in cronjob ha shards; do
   kubectl kustomize "config/overlays/$overlay" | "$venv/bin/python" scripts/validate-manifests.py "config/overlays/$overlay"
 done
 

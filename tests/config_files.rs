@@ -255,3 +255,115 @@ fn the_readme_queries_are_valid_promql() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Whether every label of `selector` is in `labels` with the same value.
+fn selects(selector: &serde_yaml::Value, labels: &serde_yaml::Value) -> bool {
+    let selector = selector.as_mapping().expect("a selector is a map");
+    !selector.is_empty() && selector.iter().all(|(k, v)| &labels[k] == v)
+}
+
+#[test]
+fn the_shards_overlay_gives_each_shard_its_vcenters_its_label_and_one_scrape() {
+    use clap::Parser as _;
+    let objects = kustomize("config/overlays/shards");
+    let count = |kind: &str| objects.iter().filter(|o| o["kind"] == kind).count();
+    // One namespace and one set of rules; the rest once per shard.
+    assert_eq!((count("Namespace"), count("PrometheusRule")), (1, 1));
+    for kind in [
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    ] {
+        assert_eq!(count(kind), 2, "{kind}");
+    }
+    let of = |kind: &str, shard: &str| {
+        objects
+            .iter()
+            .find(|o| o["kind"] == kind && o["metadata"]["labels"]["shard"] == shard)
+            .unwrap_or_else(|| panic!("no {kind} of shard {shard}"))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("pw"), "secret\n").unwrap();
+    let mut hosts_seen = std::collections::BTreeSet::new();
+    for (shard, other) in [("east", "west"), ("west", "east")] {
+        let deployment = of("Deployment", shard);
+        let pod = &deployment["spec"]["template"];
+        let other_pod = &of("Deployment", other)["spec"]["template"];
+        // Each Deployment, Service and ServiceMonitor finds its own shard
+        // only: no pod is scraped twice, no Service spans shards.
+        let own_selector = &deployment["spec"]["selector"]["matchLabels"];
+        assert!(selects(own_selector, &pod["metadata"]["labels"]));
+        assert!(!selects(own_selector, &other_pod["metadata"]["labels"]));
+        let service = of("Service", shard);
+        assert!(selects(
+            &service["spec"]["selector"],
+            &pod["metadata"]["labels"]
+        ));
+        assert!(!selects(
+            &service["spec"]["selector"],
+            &other_pod["metadata"]["labels"]
+        ));
+        let monitor = &of("ServiceMonitor", shard)["spec"]["selector"]["matchLabels"];
+        assert!(selects(monitor, &service["metadata"]["labels"]));
+        assert!(!selects(
+            monitor,
+            &of("Service", other)["metadata"]["labels"]
+        ));
+        // Its pod runs as its own service account, bound to its own role.
+        let account = of("ServiceAccount", shard)["metadata"]["name"].clone();
+        assert_eq!(pod["spec"]["serviceAccountName"], account);
+        let binding = of("ClusterRoleBinding", shard);
+        assert_eq!(binding["subjects"][0]["name"], account);
+        assert_eq!(
+            binding["roleRef"]["name"],
+            of("ClusterRole", shard)["metadata"]["name"]
+        );
+
+        // Its args parse with our CLI and add the shard label...
+        let container = &pod["spec"]["containers"][0];
+        let args: Vec<String> = container["args"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        let cli = vsphere_ci_session_metrics::cli::Cli::try_parse_from(
+            std::iter::once("vsphere-ci-session-metrics".to_string()).chain(args.clone()),
+        )
+        .unwrap_or_else(|e| panic!("{args:?} do not parse: {e}"));
+        // ... to the config of its own ConfigMap, mounted where they say.
+        let map = of("ConfigMap", shard);
+        let volume = pod["spec"]["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "config")
+            .unwrap();
+        assert_eq!(volume["configMap"]["name"], map["metadata"]["name"]);
+        let text = map["data"]["config.yaml"].as_str().unwrap().replace(
+            "/etc/reporter-secret/vsphere-password",
+            &dir.path().join("pw").display().to_string(),
+        );
+        let path = dir.path().join(format!("{shard}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let mut flags = cli.command.flags().clone();
+        flags.config = Some(path);
+        let config = Config::build(&flags).unwrap_or_else(|e| panic!("shard {shard}: {e}"));
+        assert!(
+            config
+                .external_labels
+                .contains(&("shard".to_string(), shard.to_string())),
+            "{:?}",
+            config.external_labels
+        );
+        assert!(!config.vcenters.is_empty());
+        for vcenter in &config.vcenters {
+            // No vCenter is listed by two shards.
+            assert!(hosts_seen.insert(vcenter.host.clone()), "{}", vcenter.host);
+        }
+    }
+}
