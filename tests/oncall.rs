@@ -628,10 +628,11 @@ const ACTION_HEADER: [&str; 10] = [
 ];
 
 /// The reaper's settings for `reap` tests.
-/// `min` is the age and idleness asked for.
-fn reaper(users: &str, max: usize, min: &str) -> String {
+/// `min` is the age and idleness asked for; `recheck` the wait before the
+/// second listing, long enough for what a test does meanwhile.
+fn reaper(users: &str, max: usize, min: &str, recheck: &str) -> String {
     format!(
-        "reaper:\n  users: {users}\n  min_age: {min}\n  min_idle: {min}\n  max_per_run: {max}\n  recheck_delay: 3s\n"
+        "reaper:\n  users: {users}\n  min_age: {min}\n  min_idle: {min}\n  max_per_run: {max}\n  recheck_delay: {recheck}\n"
     )
 }
 
@@ -688,7 +689,7 @@ async fn reap_terminates_exactly_the_confirmed_candidates_and_nothing_else() {
     // is never a candidate) and terminates nothing.
     let config = world.config(
         "reap.yaml",
-        &reaper("['ci_user_0[12]', 'reporter']", 100, "0s"),
+        &reaper("['ci_user_0[12]', 'reporter']", 100, "0s", "2s"),
     );
     let out = run(args(&["reap"], &config), Some(200)).await;
     let stdout = text(&out.stdout);
@@ -762,7 +763,7 @@ async fn reap_spares_a_session_active_again_goes_on_past_a_refusal_and_keeps_to_
 
     // Five candidates, at most four: the longest idle go first, so the
     // last of the ended cluster's sessions waits for the next run.
-    let config = world.config("cap.yaml", &reaper("['ci_user_0[12]']", 4, "1s"));
+    let config = world.config("cap.yaml", &reaper("['ci_user_0[12]']", 4, "1s", "6s"));
     let path = world.dir.path().join("reap.out");
     let mut child = Command::new(BIN)
         .args(args(&["reap", "--apply"], &config))
@@ -995,7 +996,7 @@ async fn a_signal_while_reap_waits_to_confirm_terminates_nothing_and_logs_out() 
     let world = World::seed().await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = without_reporter(&world.listed().await);
-    let config = world.config("int.yaml", &reaper("['ci_user_0[12]']", 100, "1s"));
+    let config = world.config("int.yaml", &reaper("['ci_user_0[12]']", 100, "1s", "30s"));
     let path = world.dir.path().join("int.out");
     let child = Command::new(BIN)
         .args(args(&["reap", "--apply"], &config))

@@ -179,7 +179,11 @@ async fn an_ended_series_vanishes_from_prometheus_instant_queries_at_once() {
 async fn a_prometheus_outage_within_the_buffer_bounds_leaves_no_gap() {
     let mut prom = Peer::prometheus();
     let mut cfg = config(&prom.write_url());
-    cfg.remote_timeout = Duration::from_secs(1);
+    // One attempt per request (the backoff outlasts the budget): a refused
+    // connection fails at once, an answer has ample time.
+    cfg.remote_timeout = Duration::from_secs(3);
+    cfg.retry.min_backoff = Duration::from_secs(4);
+    cfg.retry.max_backoff = Duration::from_secs(4);
     let sink = sink(cfg);
     let base = now_ms() - 60_000;
     let cycle_ts: Vec<i64> = (0..8).map(|i| base + i * 2_000).collect();
@@ -284,7 +288,8 @@ async fn tls_with_a_private_ca_and_a_client_certificate_reaches_prometheus() {
     };
     let with_tls = |tls: TlsConfig| {
         let mut cfg = config(&url);
-        cfg.remote_timeout = Duration::from_secs(5);
+        // Prometheus answers 503 until its storage is ready: retried.
+        cfg.remote_timeout = Duration::from_secs(15);
         cfg.tls_config = Some(tls);
         sink(cfg)
     };
@@ -295,8 +300,12 @@ async fn tls_with_a_private_ca_and_a_client_certificate_reaches_prometheus() {
         .await
         .expect("the private CA is trusted and the client certificate accepted");
 
+    // Exactly one attempt (the backoff outlasts the budget): its answer is
+    // the refused certificate, whatever the machine's load.
     let mut short = config(&url);
-    short.remote_timeout = Duration::from_secs(1);
+    short.remote_timeout = Duration::from_secs(5);
+    short.retry.min_backoff = Duration::from_secs(6);
+    short.retry.max_backoff = Duration::from_secs(6);
     short.tls_config = Some(tls(false, true, false));
     let untrusted = sink(short);
     let err = untrusted
@@ -675,7 +684,10 @@ async fn a_400_is_sent_once_never_retried_and_its_samples_are_counted_dropped() 
 async fn throttling_waits_as_long_as_retry_after_seconds_says() {
     let stub = StubReceiver::start().await;
     stub.script([Reply::status(429).header("Retry-After", "1")]);
-    let sink = sink(config(&stub.url));
+    let mut cfg = config(&stub.url);
+    // Room for the 1 s wait however long the 429 takes to come back.
+    cfg.remote_timeout = Duration::from_secs(5);
+    let sink = sink(cfg);
     sink.publish(snapshot(now_ms(), &[("ci-a", 1.0)]))
         .await
         .expect("accepted after waiting");
@@ -687,13 +699,13 @@ async fn throttling_waits_as_long_as_retry_after_seconds_says() {
 #[tokio::test]
 async fn throttling_honours_an_http_date_retry_after() {
     let stub = StubReceiver::start().await;
+    let mut cfg = config(&stub.url);
+    cfg.remote_timeout = Duration::from_secs(6);
+    let sink = sink(cfg);
     // HTTP dates have one-second resolution: the fraction of a second is
     // dropped, so 3 s ahead is always more than 2 s ahead.
     let when = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(3));
     stub.script([Reply::status(429).header("Retry-After", &when)]);
-    let mut cfg = config(&stub.url);
-    cfg.remote_timeout = Duration::from_secs(6);
-    let sink = sink(cfg);
     sink.publish(snapshot(now_ms(), &[("ci-a", 1.0)]))
         .await
         .expect("accepted after waiting");
@@ -770,7 +782,10 @@ async fn a_failed_request_never_shows_a_token_from_the_url_query() {
     let mut cfg = config(&format!(
         "http://127.0.0.1:{port}/api/v1/write?token=s3cr3t"
     ));
-    cfg.remote_timeout = Duration::from_millis(300);
+    // One attempt, whose answer is the refused connection.
+    cfg.remote_timeout = Duration::from_secs(2);
+    cfg.retry.min_backoff = Duration::from_secs(3);
+    cfg.retry.max_backoff = Duration::from_secs(3);
     let sink = sink(cfg);
     let err = sink
         .publish(snapshot(now_ms(), &[("ci-a", 1.0)]))
@@ -829,10 +844,10 @@ async fn cycles_buffered_during_an_outage_are_sent_oldest_first_when_it_ends() {
     ]);
     let mut cfg = config(&stub.url);
     // One attempt per publish: the timeout is shorter than any backoff. The
-    // last publish has `publish_timeout` (2 s) to deliver five cycles.
-    cfg.remote_timeout = Duration::from_secs(1);
-    cfg.retry.min_backoff = Duration::from_secs(3);
-    cfg.retry.max_backoff = Duration::from_secs(3);
+    // last publish has `publish_timeout` (6 s) to deliver five cycles.
+    cfg.remote_timeout = Duration::from_secs(3);
+    cfg.retry.min_backoff = Duration::from_secs(4);
+    cfg.retry.max_backoff = Duration::from_secs(4);
     let sink = sink(cfg);
     let ts = now_ms();
     for i in 0..4 {
@@ -1167,7 +1182,7 @@ async fn a_slow_target_never_delays_another() {
     slow_stub.default_reply(Reply::status(204).delay(Duration::from_secs(10)));
     let healthy_stub = StubReceiver::start().await;
     let mut slow_cfg = config(&slow_stub.url);
-    slow_cfg.remote_timeout = Duration::from_millis(800);
+    slow_cfg.remote_timeout = Duration::from_secs(3);
     let slow = sink(slow_cfg);
     let healthy = sink(config(&healthy_stub.url));
     let ts = now_ms();
@@ -1186,7 +1201,7 @@ async fn a_slow_target_never_delays_another() {
     assert!(slow_result.is_err());
     // The healthy target is done long before the slow one gives up.
     assert!(
-        healthy_took < slow_took && slow_took >= Duration::from_millis(800),
+        healthy_took < slow_took && slow_took >= Duration::from_secs(3),
         "healthy {healthy_took:?}, slow {slow_took:?}"
     );
 }
@@ -1317,6 +1332,8 @@ async fn no_retry_after_value_panics_spins_or_loses_the_cycle() {
             let stub = StubReceiver::start().await;
             stub.script([Reply::status(status).header("Retry-After", value)]);
             let mut cfg = config(&stub.url);
+            // Room for a 1 s wait however long the first answer takes.
+            cfg.remote_timeout = Duration::from_secs(5);
             cfg.retry.min_backoff = Duration::from_millis(200);
             cfg.retry.max_backoff = Duration::from_millis(200);
             let sink = sink(cfg);
@@ -1349,7 +1366,11 @@ async fn after_the_clock_steps_back_the_queue_still_goes_out() {
     let stub = StubReceiver::start().await;
     stub.default_reply(Reply::status(503));
     let mut cfg = config(&stub.url);
-    cfg.remote_timeout = Duration::from_millis(300);
+    // One attempt per publish (the backoff outlasts the request budget),
+    // and a budget no loaded machine runs out of.
+    cfg.remote_timeout = Duration::from_secs(2);
+    cfg.retry.min_backoff = Duration::from_secs(3);
+    cfg.retry.max_backoff = Duration::from_secs(3);
     let sink = sink(cfg);
     let ts = now_ms();
     assert!(sink.publish(snapshot(ts, &[("ci-a", 1.0)])).await.is_err());

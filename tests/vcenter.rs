@@ -209,7 +209,9 @@ async fn concurrent_calls_after_a_termination_log_in_again_only_once() {
 
 #[tokio::test]
 async fn an_idle_expired_session_is_recovered_by_one_relogin() {
-    let sim = Vcsim::start(&["-idle-timeout", "1s"]);
+    // 3 s: a machine stalling for a second must not expire the admin's
+    // session (or the new one) as well.
+    let sim = Vcsim::start(&["-idle-timeout", "3s"]);
     let client = client(sim.url());
     client.list_sessions().await.expect("sessions are listed");
     assert_eq!(client.logins(), 1);
@@ -218,7 +220,7 @@ async fn an_idle_expired_session_is_recovered_by_one_relogin() {
     let admin = sim.admin().await;
     wait_until(
         "vcsim to expire the idle reporter session",
-        Duration::from_secs(10),
+        Duration::from_secs(20),
         || async { admin.sessions_with_agent(REPORTER_AGENT).await.is_empty() },
     )
     .await;
@@ -609,11 +611,13 @@ async fn a_login_whose_caller_is_aborted_is_still_logged_out() {
 async fn a_login_whose_body_never_arrives_is_logged_out_with_its_cookie() {
     let (url, stub) = start_slow_login_stub(Duration::from_secs(3600)).await;
     let mut cfg = config(&url, REPORTER_USER, PASSWORD);
-    cfg.timeout = Duration::from_millis(300);
+    // Long enough for every other request (and the release) on a loaded
+    // machine; only the Login's body never comes.
+    cfg.timeout = Duration::from_secs(2);
     let client = VcenterClient::new(cfg).expect("the client builds");
     match client.list_sessions().await {
         Err(Error::VcenterHttp { message, .. }) => {
-            assert!(message.contains("no response within 300ms"), "{message}");
+            assert!(message.contains("no response within 2s"), "{message}");
         }
         other => panic!("expected a timeout, got {other:?}"),
     }
@@ -629,14 +633,15 @@ async fn a_login_whose_body_never_arrives_is_logged_out_with_its_cookie() {
 async fn logout_waits_for_an_aborted_login_that_hangs_then_releases_its_cookie() {
     let (url, stub) = start_slow_login_stub(Duration::from_secs(3600)).await;
     let mut cfg = config(&url, REPORTER_USER, PASSWORD);
-    cfg.timeout = Duration::from_millis(300);
+    cfg.timeout = Duration::from_secs(2);
     let client = Arc::new(VcenterClient::new(cfg).expect("the client builds"));
     abort_during_login(&client, &stub).await;
 
+    // Bounded by the hanging login's timeout, not by the hour it would take.
     let started = Instant::now();
     client.logout().await.expect("logout succeeds");
     assert!(
-        started.elapsed() < Duration::from_secs(5),
+        started.elapsed() < Duration::from_secs(10),
         "logout took {:?}",
         started.elapsed()
     );
@@ -932,8 +937,9 @@ async fn a_vcenter_refusing_every_login_gets_one_try_per_backoff_step_until_the_
 
     // A call every 100 ms for 8 s, far more often than any interval.
     let started = Instant::now();
-    let mut waits = 0;
+    let (mut waits, mut calls) = (0, 0);
     while started.elapsed() < Duration::from_secs(8) {
+        calls += 1;
         match client.list_sessions().await {
             Err(Error::LoginBackoff { .. }) => waits += 1,
             Err(Error::VcenterLogin { .. }) => {}
@@ -955,10 +961,9 @@ async fn a_vcenter_refusing_every_login_gets_one_try_per_backoff_step_until_the_
             .count();
         assert!(in_window <= 3, "{in_window} tries within 3 s");
     }
-    assert!(
-        waits > 50,
-        "the other calls waited without a request: {waits}"
-    );
+    // Every other call waited without a request.
+    assert_eq!(waits + tries.len(), calls, "{waits} waits, {calls} calls");
+    assert!(waits > 10, "{waits} waits");
     assert_eq!(
         client.login_failures()[0],
         ("invalid_login", tries.len() as u64)
@@ -972,7 +977,8 @@ async fn a_vcenter_refusing_every_login_gets_one_try_per_backoff_step_until_the_
         .await
         .expect("logged in with the new password");
     assert_eq!(sessions.len(), 1);
-    assert!(t0.elapsed() < Duration::from_secs(1));
+    // At once: not after the 4 s the backoff had reached.
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
     assert_eq!(client.logins(), 1);
     let last = seen(&stub)
         .into_iter()
