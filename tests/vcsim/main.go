@@ -722,7 +722,7 @@ func (inv *inventory) serveControl(w http.ResponseWriter, r *http.Request) {
 	status, msg := http.StatusOK, ""
 	err := func() error {
 		op := strings.TrimPrefix(r.URL.Path, controlPrefix)
-		if op == "session/refuse-terminate" {
+		if op == "session/refuse-terminate" || op == "session/end-first" {
 			if r.Method != http.MethodPost {
 				return fail(http.StatusMethodNotAllowed, "%s wants POST", r.URL.Path)
 			}
@@ -730,20 +730,13 @@ func (inv *inventory) serveControl(w http.ResponseWriter, r *http.Request) {
 			if key == "" {
 				return fail(http.StatusBadRequest, "missing key")
 			}
-			inv.refusals.add(key)
-			msg = "refusing TerminateSession of " + key
-			return nil
-		}
-		if op == "session/end-first" {
-			if r.Method != http.MethodPost {
-				return fail(http.StatusMethodNotAllowed, "%s wants POST", r.URL.Path)
+			if op == "session/end-first" {
+				inv.refusals.endFirst(key)
+				msg = "ending " + key + " before the next TerminateSession of it"
+			} else {
+				inv.refusals.add(key)
+				msg = "refusing TerminateSession of " + key
 			}
-			key := r.FormValue("key")
-			if key == "" {
-				return fail(http.StatusBadRequest, "missing key")
-			}
-			inv.refusals.endFirst(key)
-			msg = "ending " + key + " before the next TerminateSession of it"
 			return nil
 		}
 		if op == "vm/list" {
