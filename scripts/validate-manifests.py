@@ -48,6 +48,32 @@ LABEL_SELECTOR = {
     "additionalProperties": False,
 }
 
+# monitoring.coreos.com/v1 RelabelConfig, as the operator's CRD defines it.
+RELABEL_CONFIGS = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "properties": {
+            "sourceLabels": {"type": "array", "items": {"type": "string"}},
+            "separator": {"type": "string"},
+            "targetLabel": {"type": "string"},
+            "regex": {"type": "string"},
+            "modulus": {"type": "integer"},
+            "replacement": {"type": "string"},
+            "action": {
+                "enum": [
+                    "replace", "Replace", "keep", "Keep", "drop", "Drop",
+                    "hashmod", "HashMod", "labelmap", "LabelMap",
+                    "labeldrop", "LabelDrop", "labelkeep", "LabelKeep",
+                    "lowercase", "Lowercase", "uppercase", "Uppercase",
+                    "keepequal", "KeepEqual", "dropequal", "DropEqual",
+                ]
+            },
+        },
+        "additionalProperties": False,
+    },
+}
+
 # monitoring.coreos.com/v1 ServiceMonitor and PrometheusRule, as their CRDs
 # define the fields used here.
 CRD_SCHEMAS = {
@@ -78,8 +104,8 @@ CRD_SCHEMAS = {
                                 "interval": DURATION,
                                 "scrapeTimeout": DURATION,
                                 "honorLabels": {"type": "boolean"},
-                                "relabelings": {"type": "array"},
-                                "metricRelabelings": {"type": "array"},
+                                "relabelings": RELABEL_CONFIGS,
+                                "metricRelabelings": RELABEL_CONFIGS,
                             },
                             "additionalProperties": False,
                         },

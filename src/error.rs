@@ -176,6 +176,18 @@ impl Error {
         }
     }
 
+    /// Whether the peer answered at all (an HTTP status), as opposed to a
+    /// timeout or a failed connection.
+    pub fn is_answer(&self) -> bool {
+        match self {
+            Error::RemoteWrite { status, .. } | Error::Pushgateway { status, .. } => {
+                status.is_some()
+            }
+            Error::VcenterStatus { .. } => true,
+            _ => false,
+        }
+    }
+
     /// Whether the same request may succeed if tried again: network failures,
     /// timeouts, 5xx and 429. A 4xx other than 429 means the request itself is
     /// wrong and will be refused again.

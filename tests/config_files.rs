@@ -269,6 +269,16 @@ fn the_shards_overlay_gives_each_shard_its_vcenters_its_label_and_one_scrape() {
     let count = |kind: &str| objects.iter().filter(|o| o["kind"] == kind).count();
     // One namespace and one set of rules; the rest once per shard.
     assert_eq!((count("Namespace"), count("PrometheusRule")), (1, 1));
+    // Shared, so no shard's: removing a shard keeps them.
+    for shared in objects
+        .iter()
+        .filter(|o| o["kind"] == "Namespace" || o["kind"] == "PrometheusRule")
+    {
+        assert!(
+            shared["metadata"]["labels"]["shard"].is_null(),
+            "{shared:?}"
+        );
+    }
     for kind in [
         "ClusterRole",
         "ClusterRoleBinding",
@@ -307,12 +317,23 @@ fn the_shards_overlay_gives_each_shard_its_vcenters_its_label_and_one_scrape() {
             &service["spec"]["selector"],
             &other_pod["metadata"]["labels"]
         ));
-        let monitor = &of("ServiceMonitor", shard)["spec"]["selector"]["matchLabels"];
-        assert!(selects(monitor, &service["metadata"]["labels"]));
+        let monitor = &of("ServiceMonitor", shard)["spec"];
+        let selector = &monitor["selector"]["matchLabels"];
+        assert!(selects(selector, &service["metadata"]["labels"]));
         assert!(!selects(
-            monitor,
+            selector,
             &of("Service", other)["metadata"]["labels"]
         ));
+        // Scraped series carry the shard label as pushed ones do, so the
+        // stale-data alert names one shard, not a shard and a blank.
+        let relabel = &monitor["endpoints"][0]["relabelings"][0];
+        assert_eq!(
+            (
+                relabel["targetLabel"].as_str(),
+                relabel["replacement"].as_str()
+            ),
+            (Some("shard"), Some(shard))
+        );
         // Its pod runs as its own service account, bound to its own role.
         let account = of("ServiceAccount", shard)["metadata"]["name"].clone();
         assert_eq!(pod["spec"]["serviceAccountName"], account);

@@ -93,7 +93,9 @@ pub enum Attempt<T> {
 /// Why [`RetryPolicy::run`] stopped without a result.
 #[derive(Debug)]
 pub struct GaveUp {
-    /// The last attempt's error (or a timeout when no attempt could start).
+    /// The last attempt's error; or, when the last attempt got no answer
+    /// before the deadline, the one before it (or a timeout when no attempt
+    /// could start).
     pub error: Error,
     /// True when the failure may pass (keep the request for later), false
     /// when the request was refused for good.
@@ -184,11 +186,14 @@ impl RetryPolicy {
                     });
                 }
                 Attempt::Retry { error, after } => {
-                    // An attempt that ran into the deadline was cut short by
-                    // our own budget, not answered: its "no answer" says less
-                    // than the answer before it (a refused certificate, a 503).
+                    // An attempt that got no answer before the deadline was
+                    // cut short by our own budget: its "no answer" says less
+                    // than the failure before it (a refused certificate, a
+                    // 503). A late answer is reported as it is.
                     let error = match last_error.take() {
-                        Some(earlier) if Instant::now() >= deadline => earlier,
+                        Some(earlier) if !error.is_answer() && Instant::now() >= deadline => {
+                            earlier
+                        }
                         _ => error,
                     };
                     let wait = self.wait(number, after);
@@ -403,6 +408,33 @@ mod tests {
         let gave_up = result.unwrap_err();
         assert!(gave_up.retriable);
         assert_eq!(gave_up.error.to_string(), server_error().to_string());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_answer_at_the_deadline_is_reported_as_it_is() {
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let late = || Error::RemoteWrite {
+            target: "t".into(),
+            status: Some(503),
+            message: "HTTP 503: late".into(),
+        };
+        let result: Result<(), GaveUp> = policy()
+            .run(deadline, |n, left| async move {
+                if n == 0 {
+                    tokio::time::sleep(left - Duration::from_millis(40)).await;
+                    return Attempt::Retry {
+                        error: server_error(),
+                        after: None,
+                    };
+                }
+                tokio::time::sleep(left).await;
+                Attempt::Retry {
+                    error: late(),
+                    after: None,
+                }
+            })
+            .await;
+        assert_eq!(result.unwrap_err().error.to_string(), late().to_string());
     }
 
     #[tokio::test(start_paused = true)]
