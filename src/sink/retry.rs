@@ -381,60 +381,45 @@ mod tests {
         assert!(calls.load(Ordering::SeqCst) > 3);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_retry_cut_short_by_the_deadline_reports_the_answer_before_it() {
+    /// Two attempts: a 500 slow enough that the retry gets only the last
+    /// 10 ms of the budget (a loaded machine), then `last` at the deadline.
+    /// What the loop reports.
+    async fn reported_after_a_cut_short_retry(last: fn(Duration) -> Error) -> GaveUp {
         let deadline = Instant::now() + Duration::from_secs(1);
         let result: Result<(), GaveUp> = policy()
             .run(deadline, |n, left| async move {
-                if n == 0 {
-                    // A real answer, slow enough that the retry gets only a
-                    // sliver of the budget (a loaded machine).
-                    tokio::time::sleep(left - Duration::from_millis(40)).await;
-                    return Attempt::Retry {
-                        error: server_error(),
-                        after: None,
-                    };
-                }
-                tokio::time::sleep(left).await;
-                Attempt::Retry {
-                    error: Error::Timeout {
-                        what: "remote-write request".into(),
-                        timeout: left,
-                    },
-                    after: None,
-                }
+                let (wait, error) = if n == 0 {
+                    (left - Duration::from_millis(40), server_error())
+                } else {
+                    (left, last(left))
+                };
+                tokio::time::sleep(wait).await;
+                Attempt::Retry { error, after: None }
             })
             .await;
-        let gave_up = result.unwrap_err();
+        result.unwrap_err()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_cut_short_by_the_deadline_reports_the_answer_before_it() {
+        let gave_up = reported_after_a_cut_short_retry(|left| Error::Timeout {
+            what: "remote-write request".into(),
+            timeout: left,
+        })
+        .await;
         assert!(gave_up.retriable);
         assert_eq!(gave_up.error.to_string(), server_error().to_string());
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_late_answer_at_the_deadline_is_reported_as_it_is() {
-        let deadline = Instant::now() + Duration::from_secs(1);
-        let late = || Error::RemoteWrite {
+        let late = |_| Error::RemoteWrite {
             target: "t".into(),
             status: Some(503),
             message: "HTTP 503: late".into(),
         };
-        let result: Result<(), GaveUp> = policy()
-            .run(deadline, |n, left| async move {
-                if n == 0 {
-                    tokio::time::sleep(left - Duration::from_millis(40)).await;
-                    return Attempt::Retry {
-                        error: server_error(),
-                        after: None,
-                    };
-                }
-                tokio::time::sleep(left).await;
-                Attempt::Retry {
-                    error: late(),
-                    after: None,
-                }
-            })
-            .await;
-        assert_eq!(result.unwrap_err().error.to_string(), late().to_string());
+        let gave_up = reported_after_a_cut_short_retry(late).await;
+        assert_eq!(gave_up.error.to_string(), late(Duration::ZERO).to_string());
     }
 
     #[tokio::test(start_paused = true)]

@@ -176,22 +176,22 @@ impl Vcsim {
     /// Creates a powered-on VM `name` whose guest reports `ips`
     /// (`guest.ipAddress` = the first, `guest.net` = one NIC per IP).
     pub async fn vm_add(&self, name: &str, ips: &[&str]) {
-        self.control("vm/add", name, &[], ips).await;
+        self.vm_control("add", name, &[], ips).await;
     }
 
     /// Renames VM `old` to `new` (a real `Rename_Task`).
     pub async fn vm_rename(&self, old: &str, new: &str) {
-        self.control("vm/rename", old, &[("new", new)], &[]).await;
+        self.vm_control("rename", old, &[("new", new)], &[]).await;
     }
 
     /// Powers VM `name` off and destroys it (`Destroy_Task`).
     pub async fn vm_remove(&self, name: &str) {
-        self.control("vm/remove", name, &[], &[]).await;
+        self.vm_control("remove", name, &[], &[]).await;
     }
 
     /// Replaces the guest IPs of VM `name` (empty: the guest reports none).
     pub async fn vm_set_ips(&self, name: &str, ips: &[&str]) {
-        self.control("vm/set-ips", name, &[], ips).await;
+        self.vm_control("set-ips", name, &[], ips).await;
     }
 
     /// From now on vcsim refuses `TerminateSession` of this session key
@@ -207,42 +207,27 @@ impl Vcsim {
         self.session_control("end-first", key).await;
     }
 
+    /// A VM change: `name`, then `params`, then each IP as `ip`.
+    async fn vm_control(&self, op: &str, name: &str, params: &[(&str, &str)], ips: &[&str]) {
+        let mut query = vec![("name", name)];
+        query.extend_from_slice(params);
+        query.extend(ips.iter().map(|ip| ("ip", *ip)));
+        self.control(&format!("vm/{op}"), &query).await;
+    }
+
     async fn session_control(&self, op: &str, key: &str) {
-        let mut url = self
-            .url
-            .join(&format!("vcsim-test/session/{op}"))
-            .expect("a valid control URL");
-        url.query_pairs_mut().append_pair("key", key);
-        let response = http_client(None)
-            .post(url.clone())
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("vcsim control {url}: {e}"));
-        let status = response.status();
-        assert!(
-            status.is_success(),
-            "vcsim {op}: HTTP {status}: {}",
-            response.text().await.unwrap_or_default().trim()
-        );
+        self.control(&format!("session/{op}"), &[("key", key)])
+            .await;
     }
 
     /// POSTs to the control API; panics with vcsim's one-line answer unless
     /// it succeeds.
-    async fn control(&self, op: &str, name: &str, params: &[(&str, &str)], ips: &[&str]) {
+    async fn control(&self, op: &str, query: &[(&str, &str)]) {
         let mut url = self
             .url
             .join(&format!("vcsim-test/{op}"))
             .expect("a valid control URL");
-        {
-            let mut query = url.query_pairs_mut();
-            query.append_pair("name", name);
-            for (key, value) in params {
-                query.append_pair(key, value);
-            }
-            for ip in ips {
-                query.append_pair("ip", ip);
-            }
-        }
+        url.query_pairs_mut().extend_pairs(query);
         let response = http_client(None)
             .post(url.clone())
             .send()
@@ -252,7 +237,7 @@ impl Vcsim {
         let text = response.text().await.unwrap_or_default();
         assert!(
             status.is_success(),
-            "vcsim control {op} {name:?}: HTTP {status}: {}",
+            "vcsim control {op} {query:?}: HTTP {status}: {}",
             text.trim()
         );
     }
