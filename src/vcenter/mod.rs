@@ -113,7 +113,7 @@ pub fn parse_time_ms(text: &str) -> Option<i64> {
 /// One entry of `SessionManager.sessionList` (vim25 `UserSession`).
 /// `Debug` shows only the key's first characters: a key can act as the
 /// session.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct UserSession {
     pub key: String,
     /// As the vCenter reports it, e.g. `VSPHERE.LOCAL\ci-user-1`.
@@ -158,13 +158,7 @@ mod tests {
         let s = UserSession {
             key: "52b4d7a1-9f3e-4c1a-8d2b-0e6f5a7c9b31".into(),
             user_name: "u".into(),
-            full_name: String::new(),
-            login_time: String::new(),
-            last_active_time: String::new(),
-            ip_address: String::new(),
-            user_agent: String::new(),
-            call_count: 0,
-            extension_session: false,
+            ..UserSession::default()
         };
         let shown = format!("{s:?}");
         assert!(

@@ -425,7 +425,7 @@ impl Document {
                     match rel.as_slice() {
                         [] => doc.response_seen = true,
                         ["returnval", "objects", "propSet", "val", "UserSession"] => {
-                            session = Some(empty_session());
+                            session = Some(UserSession::default());
                         }
                         ["returnval", "objects", "missingSet"] => {
                             missing = Some(Fault {
@@ -587,20 +587,6 @@ impl Document {
             return Err(ParseError("the document is not a SOAP 1.1 envelope".into()));
         }
         Ok(doc)
-    }
-}
-
-fn empty_session() -> UserSession {
-    UserSession {
-        key: String::new(),
-        user_name: String::new(),
-        full_name: String::new(),
-        login_time: String::new(),
-        last_active_time: String::new(),
-        ip_address: String::new(),
-        user_agent: String::new(),
-        call_count: 0,
-        extension_session: false,
     }
 }
 
